@@ -1,0 +1,72 @@
+"""Behaviour policies that collect D4RL-style datasets, usable without stable-baselines3.
+
+A policy is the actor of a SAC agent (an MLP giving a tanh-squashed Gaussian), exported as a
+plain state dict plus a metadata dict, so it loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's clamp, kept so exported actors act identically
+
+
+class GaussianActor(nn.Module):
+    """SB3 SAC actor layout: latent MLP (ReLU) -> mean and log-std heads -> tanh."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__()
+        layers, last = [], obs_dim
+        for width in hidden:
+            layers += [nn.Linear(last, width), nn.ReLU()]
+            last = width
+        self.latent_pi = nn.Sequential(*layers)
+        self.mu = nn.Linear(last, act_dim)
+        self.log_std = nn.Linear(last, act_dim)
+        self.hidden = tuple(hidden)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> np.ndarray:
+        """Actions in [-1, 1] for a batch (or one) observation; stochastic unless told otherwise."""
+        x = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+        latent = self.latent_pi(x)
+        mean = self.mu(latent)
+        if deterministic:
+            return torch.tanh(mean).numpy()
+        std = self.log_std(latent).clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        noise = torch.randn(mean.shape, generator=generator)
+        return torch.tanh(mean + std * noise).numpy()
+
+
+def save_actor(actor: GaussianActor, path: str | Path, metadata: dict) -> None:
+    """Write the actor and a metadata dict of plain values (how it was trained, its return)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": actor.state_dict(),
+        "obs_dim": actor.latent_pi[0].in_features,
+        "act_dim": actor.mu.out_features,
+        "hidden": list(actor.hidden),
+        "metadata": metadata,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_actor(path: str | Path) -> tuple[GaussianActor, dict]:
+    """Load an exported actor; returns (actor, metadata)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    actor = GaussianActor(payload["obs_dim"], payload["act_dim"], tuple(payload["hidden"]))
+    actor.load_state_dict(payload["state_dict"])
+    actor.eval()
+    return actor, payload["metadata"]
+
+
+def shipped_policy_path(env_name: str, level: str) -> Path:
+    """Path of a behaviour policy shipped inside the project (``envs/policies``)."""
+    return Path(__file__).parent / "policies" / f"{env_name}-{level}.pt"
