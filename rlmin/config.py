@@ -1,0 +1,187 @@
+"""Experiment configuration: a typed schema, YAML files and ``key=value`` overrides.
+
+OmegaConf structured configs do the merging and the type checks (a well-kept library instead
+of a hand-written merger): an unknown key or a value of the wrong type is an error that names
+the key. Files are merged left to right, then the overrides; a YAML file may list other files
+under ``include:`` (paths relative to it), merged before its own keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what to do."""
+
+
+@dataclass
+class DataConfig:
+    # A Minari dataset id, a D4RL-v2 name (hopper-medium-v2), a task shorthand (hopper-medium),
+    # or a local dataset path.
+    dataset: str = "hopper-medium"
+    # Task name for reference scores, target returns and the eval env; inferred when None.
+    task: Optional[str] = None
+    # Allow downloading a missing Minari dataset (needs the network).
+    download: bool = False
+    # Build a missing rlmin/<env>/<level> dataset from the behaviour policy the project ships.
+    build_if_missing: bool = True
+    # "segment": K-step segments, as DT trains; "episode": whole episodes from their first step.
+    mode: str = "segment"
+    # K for segments (also the agent's window); the maximum length for whole episodes.
+    seq_len: int = 20
+
+
+@dataclass
+class AgentConfig:
+    # Registered agent: "decision" (DT-style over any backbone) or "bc" (MLP behaviour cloning).
+    name: str = "decision"
+    # mingru | minlstm | transformer | gru | lstm
+    backbone: str = "mingru"
+    d_model: int = 128
+    n_layers: int = 3
+    # "interleaved": (R, s, a) tokens as DT; "stacked": one token per step from (R_t, s_t, a_{t-1}).
+    token_layout: str = "interleaved"
+    timestep_embedding: bool = True
+    dropout: float = 0.1
+    # "carry" | "window" | null (carry for recurrent backbones, window for the transformer).
+    act_mode: Optional[str] = None
+    return_scale: float = 1000.0
+    # Passed to rlmin.nn.build_backbone (expansion, conv_kernel, learn_h0, scan_impl, n_heads, ...).
+    backbone_options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10_000
+    grad_clip: float = 0.25
+    seed: int = 0
+    # "auto" picks CUDA when available.
+    device: str = "auto"
+    # bf16 autocast on CUDA (ignored on CPU).
+    amp: bool = True
+    compile: bool = False
+    # Threads for CPU math; 0 leaves torch's default.
+    num_threads: int = 0
+    log_every: int = 100
+    # Evaluate every N steps (0: only at the end).
+    eval_every: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 10
+    # Envs stepped in parallel (0: min(episodes, 16)).
+    n_envs: int = 0
+    # Target returns (raw); null takes the task's defaults.
+    target_returns: Optional[List[float]] = None
+    seed: int = 10_000
+    # Acting mode at evaluation; null uses the agent's.
+    mode: Optional[str] = None
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    # Where the run writes; null gives runs/<name>-<timestamp>.
+    run_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.mode": ("segment", "episode"),
+    "agent.token_layout": ("interleaved", "stacked"),
+    "agent.act_mode": (None, "carry", "window"),
+    "eval.mode": (None, "carry", "window"),
+}
+_POSITIVE = ("data.seq_len", "agent.d_model", "agent.n_layers", "train.steps", "train.batch_size",
+             "train.lr", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+             "eval.episodes", "agent.return_scale")
+_NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
+                 "train.num_threads", "eval.n_envs", "agent.dropout")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config include cycle: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Pass a YAML file from configs/ "
+                          "(e.g. configs/hopper-medium.yaml).")
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys")
+    includes = raw.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    parts = [_read_yaml(path.parent / inc, seen + (path,)) for inc in includes]
+    return OmegaConf.merge(*parts, raw) if parts else raw
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+    """Schema defaults <- YAML files (in order) <- ``key=value`` overrides; validated.
+
+    Returns a read-only structured config (attribute access, typed).
+    """
+    merged = OmegaConf.structured(Config)
+    try:
+        for f in files:
+            merged = OmegaConf.merge(merged, _read_yaml(Path(f)))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]} "
+                          "Check the key's spelling and type against the config reference "
+                          "in README.md.") from None
+    validate(merged)
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {choices}")
+    for key in _POSITIVE:
+        if not OmegaConf.select(cfg, key) > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {OmegaConf.select(cfg, key)}")
+    for key in _NON_NEGATIVE:
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {OmegaConf.select(cfg, key)}")
+    if not 0 <= cfg.agent.dropout < 1:
+        raise ConfigError(f"config key 'agent.dropout' must be in [0, 1), got {cfg.agent.dropout}")
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """Plain dict (for checkpoints, results.json and the saved resolved config)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a validated config from ``to_dict`` output (e.g. from a checkpoint)."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+    validate(merged)
+    return merged
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

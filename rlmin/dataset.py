@@ -1,0 +1,120 @@
+"""From the config's ``data`` section to everything training needs about its dataset.
+
+``load_dataset_for(cfg.data)`` resolves the name (a task shorthand such as ``hopper-medium``, a
+D4RL-v2 name, a Minari id or a local path), loads it offline, builds it from the shipped
+behaviour policy when that is allowed and possible, and returns a ``LoadedDataset``: the flat
+episode arrays plus the eval env, the reference scores with their provenance, and the target
+returns.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlmin.data.episodes import EpisodeData
+from rlmin.data.minari_io import DatasetNotFoundError, is_local, load_minari
+from rlmin.data.sampler import SegmentSampler
+from rlmin.registry import RegistryError, load_builder
+from rlmin.scores import ReferenceScores, normalized_score, reference_scores
+from rlmin.tasks import D4RL_LEVELS, LOCAL_NAMESPACE, Task, all_tasks, resolve_dataset
+
+_SHORTHAND = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<level>" + "|".join(D4RL_LEVELS) + r")$")
+# Steps collected when a missing local dataset is built on the fly (the quickstart's budget).
+AUTO_BUILD_STEPS = 100_000
+
+
+@dataclass
+class LoadedDataset:
+    data: EpisodeData
+    dataset_id: str
+    task: Task | None
+    env_id: str
+    max_episode_steps: int | None
+    ref: ReferenceScores
+    target_returns: tuple[float, ...]
+
+    obs_dim = property(lambda self: self.data.obs_dim)
+    act_dim = property(lambda self: self.data.act_dim)
+    obs_mean = property(lambda self: self.data.obs_mean)
+    obs_std = property(lambda self: self.data.obs_std)
+    ref_min = property(lambda self: self.ref.ref_min)
+    ref_max = property(lambda self: self.ref.ref_max)
+
+    def sampler(self, data_cfg, batch_size: int, seed: int) -> SegmentSampler:
+        return SegmentSampler(self.data, data_cfg.seq_len, batch_size, mode=data_cfg.mode,
+                              seed=seed)
+
+    def summary(self) -> dict:
+        """Plain values for checkpoints and results.json."""
+        behaviour = self.data.behaviour_return
+        return {
+            "id": self.dataset_id, "env_id": self.env_id, "task": self.task and self.task.name,
+            "steps": self.data.num_steps, "episodes": self.data.num_episodes,
+            "behaviour_return": behaviour,
+            "behaviour_normalized": normalized_score(behaviour, self.ref_min, self.ref_max),
+            "ref_min": self.ref_min, "ref_max": self.ref_max, "ref_source": self.ref.source,
+            "target_returns": list(self.target_returns),
+            "max_episode_steps": self.max_episode_steps,
+        }
+
+
+def resolve_name(name: str) -> tuple[Task | None, str]:
+    """(task, dataset id or path). ``hopper-medium`` means the official Minari dataset when it
+    is on disk, else the local builder's ``rlmin/hopper/medium-v0``."""
+    match = _SHORTHAND.match(name)
+    tasks = all_tasks()
+    if match and match["env"] in tasks:
+        task, level = tasks[match["env"]], match["level"]
+        official = task.dataset_ids.get(level)
+        if official and is_local(official):
+            return task, official
+        return task, task.local_dataset_id(level)
+    try:
+        return resolve_dataset(name)
+    except ValueError:
+        return None, name  # any Minari id: its own env spec and metadata must do
+
+
+def _build_missing(task: Task | None, dataset_id: str, error: DatasetNotFoundError) -> None:
+    parts = dataset_id.split("/")
+    if task is None or len(parts) != 3 or parts[0] != LOCAL_NAMESPACE:
+        raise error
+    level = re.sub(r"-v\d+$", "", parts[2])
+    try:
+        build = load_builder()
+    except RegistryError:
+        raise error from None
+    print(f"{dataset_id} is not on this machine: building it from the behaviour policy that "
+          f"ships with the project ({AUTO_BUILD_STEPS:,} steps)...", flush=True)
+    try:
+        build(task.name, level, n_steps=AUTO_BUILD_STEPS)
+    except FileNotFoundError as exc:  # no shipped policy for this task/level
+        raise DatasetNotFoundError(f"{error}\n(automatic build failed: {exc})") from None
+
+
+def load_dataset_for(data_cfg) -> LoadedDataset:
+    task, dataset_id = resolve_name(data_cfg.dataset)
+    if data_cfg.task:
+        task = all_tasks().get(data_cfg.task) or _unknown_task(data_cfg.task)
+    try:
+        minari_ds = load_minari(dataset_id, download=data_cfg.download)
+    except DatasetNotFoundError as exc:
+        if not data_cfg.build_if_missing:
+            raise
+        _build_missing(task, dataset_id, exc)
+        minari_ds = load_minari(dataset_id)
+    data = EpisodeData.from_minari(minari_ds, env_id=task.env_id if task else None)
+    env_id = (task.env_id if task else None) or data.env_id
+    if env_id is None:
+        raise DatasetNotFoundError(f"dataset {dataset_id} records no environment; pass "
+                                   "data.task=<hopper|halfcheetah|walker2d> to choose one")
+    ref = reference_scores(data.metadata, task)
+    targets = task.target_returns if task else (float(np.max(data.episode_returns)),)
+    return LoadedDataset(data, dataset_id, task, env_id,
+                         task.max_episode_steps if task else None, ref, tuple(targets))
+
+
+def _unknown_task(name: str):
+    raise ValueError(f"data.task={name!r} is not a known task; known: {sorted(all_tasks())}")

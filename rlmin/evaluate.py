@@ -1,0 +1,266 @@
+"""Evaluate an agent in a Gymnasium vector env: N seeded episodes per target return.
+
+How episodes are run (so that numbers are comparable and reproducible):
+
+* Episode ``i`` (0-based, per target) always starts from ``env.reset(seed=episode_seed(seed, i))``
+  and always runs in env ``i % n_envs``: env ``j`` runs episodes ``j, j + n_envs, ...``. Every
+  target uses the same episode seeds (paired comparison). Since each episode's start is fixed
+  by its own seed and the agent treats env rows independently, the per-episode returns do not
+  depend on ``n_envs`` (up to float round-off inside the agent's batched maths).
+* The vector env runs with ``autoreset_mode=DISABLED``: when an env's episode ends, this module
+  resets exactly that env (``reset_mask``) with the next episode's seed. So there is no autoreset
+  step whose reward could leak into a return, and the agent sees ``done=True`` on that row at
+  the first observation of the new episode (its reward for that row is 0 and is ignored).
+* An env whose share of episodes is done keeps running (a vector env steps all its envs), but
+  its further episodes are never counted; evaluation stops when all ``episodes`` have ended. The
+  set of counted episodes is fixed in advance, so short episodes are not favoured.
+* The agent runs in eval mode under ``torch.no_grad``; its previous mode is restored. Torch's
+  global RNG is forked and seeded from ``seed`` for each target, so a stochastic agent is
+  reproducible too and the caller's RNG stream (e.g. the trainer's) is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlmin.scores import normalized_score
+
+__all__ = ["episode_seed", "evaluate", "format_results_table", "target_key"]
+
+DEFAULT_MAX_ENVS = 16
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The env reset seed of episode ``episode`` of an evaluation with seed ``seed``.
+
+    Derived with numpy's SeedSequence, so evaluations with nearby seeds do not share episodes
+    (as ``seed + i`` would: seed 0's episode 1 would be seed 1's episode 0).
+    """
+    if seed < 0 or episode < 0:
+        raise ValueError(f"seed and episode must be >= 0, got seed={seed}, episode={episode}")
+    return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1)[0])
+
+
+def target_key(target: float) -> str:
+    """The key of a target in ``results["targets"]``: ``"3600"`` for 3600.0, ``"1800.5"`` otherwise."""
+    target = float(target)
+    return str(int(target)) if target.is_integer() else repr(target)
+
+
+def _agent_device(agent: torch.nn.Module) -> torch.device | None:
+    for t in agent.parameters():
+        return t.device
+    for t in agent.buffers():
+        return t.device
+    return None
+
+
+def _to_numpy_action(action: Any, n_envs: int, space: gym.Space) -> np.ndarray:
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu().numpy()
+    action = np.asarray(action)
+    want = (n_envs, *space.shape)
+    if action.shape != want:
+        raise ValueError(
+            f"agent.act returned actions of shape {action.shape}, expected {want} "
+            f"(n_envs, *action_space.shape)"
+        )
+    if not np.all(np.isfinite(action)):
+        raise ValueError("agent.act returned non-finite actions (NaN or inf)")
+    return action.astype(space.dtype, copy=False)
+
+
+def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int):
+    """Run the fixed set of ``episodes`` episodes for one target; returns (returns, lengths)."""
+    returns = np.full(episodes, np.nan, dtype=np.float64)
+    lengths = np.zeros(episodes, dtype=np.int64)
+    # current[j]: the counted episode env j is running, or -1 once its share is done
+    current = np.arange(n_envs, dtype=np.int64)
+    ep_return = np.zeros(n_envs, dtype=np.float64)
+    ep_len = np.zeros(n_envs, dtype=np.int64)
+    remaining = episodes
+
+    obs, _ = env.reset(seed=[episode_seed(seed, int(i)) for i in current])
+    state = agent.reset(n_envs, target)
+    reward_in, done_in = None, None
+    while True:
+        action, state = agent.act(obs, reward_in, state, done_in)
+        action = _to_numpy_action(action, n_envs, env.single_action_space)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        reward = np.asarray(reward, dtype=np.float64)
+        ep_return += reward
+        ep_len += 1
+        ended = np.logical_or(terminated, truncated)
+        for j in np.flatnonzero(ended):
+            i = current[j]
+            if i >= 0:
+                returns[i], lengths[i] = ep_return[j], ep_len[j]
+                remaining -= 1
+                nxt = i + n_envs
+                current[j] = nxt if nxt < episodes else -1
+            ep_return[j], ep_len[j] = 0.0, 0
+        if remaining == 0:
+            break
+        if ended.any():
+            # seed=None for envs past their share: they continue their own seeded RNG stream
+            seeds = [
+                episode_seed(seed, int(current[j])) if ended[j] and current[j] >= 0 else None
+                for j in range(n_envs)
+            ]
+            obs, _ = env.reset(seed=seeds, options={"reset_mask": ended.copy()})
+        reward_in = np.where(ended, 0.0, reward)
+        done_in = ended
+    assert not np.isnan(returns).any()
+    return returns, lengths
+
+
+def evaluate(
+    agent: torch.nn.Module,
+    env_id: str,
+    *,
+    target_returns: float | Sequence[float],
+    episodes: int,
+    n_envs: int | None = None,
+    seed: int = 0,
+    ref_min: float | None = None,
+    ref_max: float | None = None,
+    max_episode_steps: int | None = None,
+    device: str | torch.device | None = None,
+    vectorization_mode: str = "sync",
+    env_kwargs: dict | None = None,
+) -> dict:
+    """Run ``episodes`` episodes for each target return and summarise them.
+
+    Args:
+        agent: follows rlmin's agent contract (``reset(n_envs, target)``, ``act(obs, reward,
+            state, done)``); gets raw observations.
+        env_id: a Gymnasium id, e.g. ``"Hopper-v5"``.
+        target_returns: one target or several; each is evaluated separately, on the same seeds.
+        episodes: episodes per target.
+        n_envs: parallel envs; default ``min(episodes, 16)``; never more than ``episodes``.
+        seed: evaluation seed (>= 0); episode ``i`` resets with ``episode_seed(seed, i)``.
+        ref_min, ref_max: reference returns; when both are given, normalised scores
+            ``100 * (R - ref_min) / (ref_max - ref_min)`` are reported too.
+        max_episode_steps: overrides the env's time limit.
+        device: if given, the agent is moved there for the evaluation and moved back afterwards;
+            by default it stays where it is.
+        vectorization_mode: ``"sync"`` (default) or ``"async"`` (one process per env).
+        env_kwargs: extra keyword arguments for ``gym.make``.
+
+    Returns:
+        A JSON-ready dict: ``env_id``, ``seed``, ``n_envs``, ``episodes``, ``max_episode_steps``,
+        ``ref_min``, ``ref_max`` and ``targets``: a dict keyed by :func:`target_key` (``"3600"``),
+        in the given order, of one dict per target with ``target_return`` (float), ``episodes``,
+        ``return_mean``, ``return_std``, ``normalized_mean``, ``normalized_std`` (None without
+        reference scores), ``length_mean``, ``returns`` and ``lengths`` (per episode, in episode
+        order). Stds are population stds (ddof=0).
+    """
+    if isinstance(target_returns, (int, float, np.integer, np.floating)):
+        target_returns = [target_returns]
+    targets = [float(t) for t in target_returns]
+    if not targets:
+        raise ValueError("target_returns is empty: give at least one target return")
+    if len({target_key(t) for t in targets}) != len(targets):
+        raise ValueError(f"target_returns has duplicates: {targets}")
+    if not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    episodes = int(episodes)
+    if n_envs is None:
+        n_envs = DEFAULT_MAX_ENVS
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    n_envs = int(min(n_envs, episodes))
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if (ref_min is None) != (ref_max is None):
+        raise ValueError("give both ref_min and ref_max, or neither")
+    if ref_min is not None and not ref_max > ref_min:
+        raise ValueError(f"ref_max ({ref_max}) must exceed ref_min ({ref_min})")
+
+    make_kwargs = dict(env_kwargs or {})
+    if max_episode_steps is not None:
+        make_kwargs["max_episode_steps"] = int(max_episode_steps)
+    elif gym.spec(env_id).max_episode_steps is None:
+        warnings.warn(f"{env_id} has no time limit and max_episode_steps was not given; "
+                      f"evaluation ends only when every episode terminates", stacklevel=2)
+    env = gym.make_vec(
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode=vectorization_mode,
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED},
+        **make_kwargs,
+    )
+
+    home = _agent_device(agent)
+    was_training = agent.training
+    per_target: dict[str, dict] = {}
+    try:
+        if device is not None:
+            agent.to(device)
+        on = _agent_device(agent)
+        cuda = [on.index or 0] if on is not None and on.type == "cuda" else []
+        agent.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            for target in targets:
+                torch.manual_seed(seed)
+                returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed)
+                entry = {
+                    "target_return": target,
+                    "episodes": episodes,
+                    "return_mean": float(returns.mean()),
+                    "return_std": float(returns.std()),
+                    "normalized_mean": None,
+                    "normalized_std": None,
+                    "length_mean": float(lengths.mean()),
+                    "returns": returns.tolist(),
+                    "lengths": lengths.tolist(),
+                }
+                if ref_min is not None:
+                    norm = np.asarray(normalized_score(returns, ref_min, ref_max))
+                    entry["normalized_mean"] = float(norm.mean())
+                    entry["normalized_std"] = float(norm.std())
+                per_target[target_key(target)] = entry
+    finally:
+        env.close()
+        agent.train(was_training)
+        if device is not None and home is not None:
+            agent.to(home)
+
+    return {
+        "env_id": env_id,
+        "seed": int(seed),
+        "n_envs": n_envs,
+        "episodes": episodes,
+        "max_episode_steps": max_episode_steps,
+        "ref_min": None if ref_min is None else float(ref_min),
+        "ref_max": None if ref_max is None else float(ref_max),
+        "targets": per_target,
+    }
+
+
+def _fmt(mean: float | None, std: float | None, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_results_table(results: dict) -> str:
+    """A markdown table of :func:`evaluate`'s results, one row per target return."""
+    lines = [
+        f"{results['env_id']}, seed {results['seed']}, {results['episodes']} episodes per target",
+        "",
+        "| target | episodes | return (mean ± std) | normalised (mean ± std) | length |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["targets"].values():
+        lines.append(
+            f"| {r['target_return']:g} | {r['episodes']} | {_fmt(r['return_mean'], r['return_std'], 1)} "
+            f"| {_fmt(r['normalized_mean'], r['normalized_std'], 1)} | {r['length_mean']:.1f} |"
+        )
+    return "\n".join(lines)

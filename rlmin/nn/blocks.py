@@ -1,0 +1,236 @@
+"""The stacked minGRU / minLSTM backbone: residual blocks around one minimal-RNN layer each.
+
+One block (pre-norm, as in the official minRNNs layout)::
+
+    u = norm1(x)
+    u = causal_depthwise_conv(u)             # only when conv_kernel > 0
+    h = minRNN(u)                            # d_model -> d_hidden = round(expansion * d_model)
+    x = x + dropout(Linear(d_hidden, d_model)(h))
+    x = x + MLP(norm2(x))                    # Linear(d, 4d) -> GELU -> Linear(4d, d) -> dropout
+
+and one final norm after the last block.
+
+Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
+
+``expansion`` (1.5)
+    hidden width of each minRNN as a multiple of d_model. 1.5 is the default of the widely used
+    minGRU implementation (lucidrains/minGRU-pytorch, which the official code builds on), and it makes a
+    minGRU block about as large as a Decision-Transformer block of the same d_model: the mixer holds
+    2*1.5*d^2 (gates) + 1.5*d^2 (projection back) = 4.5 d^2 weights against attention's 4 d^2, so
+    comparisons with the DT baseline at equal d_model are roughly parameter-matched.
+    The projection back to d_model is always a Linear, even at expansion 1: h is strictly positive
+    (g > 0), so without it the residual branch could only ever add positive values.
+``dropout`` (0.0)
+    on the minRNN branch (after the projection) and at the end of the MLP.
+``conv_kernel`` (0)
+    0 = off; k > 0 = a causal depthwise Conv1d of width k before the minRNN. Its last k - 1 inputs
+    are part of the step state.
+``learn_h0`` (False)
+    False: the initial hidden state is zero. True: a learnable initial state per layer, h0 = g(p) with
+    g the paper's positive activation (so it stays positive, as the log-space scan needs); p starts at
+    0, i.e. h0 = 0.5.
+``scan_impl`` ("auto")
+    passed to the minRNN layers: "log" for the paper's log-space scan, or a linear-space
+    implementation of :func:`rlmin.nn.scan.scan` ("auto", "reference", "sequential", "triton").
+``norm`` ("layernorm")
+    "layernorm" or "rmsnorm".
+
+State: a flat tuple with, for each layer in order, the hidden state ``h [B, d_hidden]`` and, when
+``conv_kernel > 0``, the conv cache ``[B, conv_kernel - 1, d_model]`` (the last inputs of the conv).
+Every tensor has the batch as dim 0, so a caller can reset individual rows with
+``torch.where(mask.view(-1, 1, ...), fresh, old)`` (see :func:`rlmin.nn.reset_rows`).
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import nn
+
+from rlmin.nn.mingru import MinGRU, check_scan_impl, check_size, g
+from rlmin.nn.minlstm import MinLSTM
+
+CELLS = {"mingru": MinGRU, "minlstm": MinLSTM}
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(norm: str, d: int) -> nn.Module:
+    if norm == "layernorm":
+        return nn.LayerNorm(d)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(d)
+    raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+
+
+def check_dropout(dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
+    return float(dropout)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d: int, dropout: float, mult: int = 4):
+        super().__init__(nn.Linear(d, mult * d), nn.GELU(), nn.Linear(mult * d, d), nn.Dropout(dropout))
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Depthwise Conv1d of width k over time, causal: y_t sees x_{t-k+1..t}. Cache: the last k-1 inputs."""
+
+    def __init__(self, d: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(d, d, kernel, groups=d)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        full = torch.cat([cache, x], dim=1)  # [B, k-1+T, d]
+        y = self.conv(full.transpose(1, 2)).transpose(1, 2)
+        return y, full[:, full.shape[1] - (self.kernel - 1):]
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        window = torch.cat([cache, x.unsqueeze(1)], dim=1)  # [B, k, d]
+        y = (window * self.conv.weight[:, 0].t()).sum(dim=1) + self.conv.bias
+        return y, window[:, 1:]
+
+
+class MinRNNBlock(nn.Module):
+    def __init__(self, cell: str, d_model: int, d_hidden: int, dropout: float, conv_kernel: int,
+                 learn_h0: bool, scan_impl: str, norm: str):
+        super().__init__()
+        self.norm1 = make_norm(norm, d_model)
+        self.conv = CausalDepthwiseConv(d_model, conv_kernel) if conv_kernel > 0 else None
+        self.rnn = CELLS[cell](d_model, d_hidden, scan_impl=scan_impl)
+        self.proj = nn.Linear(d_hidden, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = make_norm(norm, d_model)
+        self.mlp = MLP(d_model, dropout)
+        # h0 = g(h0_param) > 0; starts at g(0) = 0.5.
+        self.h0_param = nn.Parameter(torch.zeros(d_hidden)) if learn_h0 else None
+
+    def forward(self, x, h0, conv_cache):
+        u = self.norm1(x)
+        if self.conv is not None:
+            u, conv_cache = self.conv(u, conv_cache)
+        h, h_last = self.rnn(u, h0)
+        x = x + self.drop(self.proj(h))
+        x = x + self.mlp(self.norm2(x))
+        return x, h_last, conv_cache
+
+    def step(self, x, h, conv_cache):
+        u = self.norm1(x)
+        if self.conv is not None:
+            u, conv_cache = self.conv.step(u, conv_cache)
+        h = self.rnn.step(u, h)
+        x = x + self.drop(self.proj(h))
+        x = x + self.mlp(self.norm2(x))
+        return x, h, conv_cache
+
+
+class MinRNNBackbone(nn.Module):
+    """A stack of minGRU or minLSTM residual blocks; see the module docstring for options and state.
+
+    ``forward(x[B,T,d_model], state=None) -> (y, state)`` runs in parallel over time (the scan);
+    ``step(x[B,d_model], state) -> (y, state)`` runs one time step. ``state=None`` means
+    ``initial_state(B)``.
+    """
+
+    recurrent = True
+    OPTIONS = {
+        "expansion": 1.5,
+        "dropout": 0.0,
+        "conv_kernel": 0,
+        "learn_h0": False,
+        "scan_impl": "auto",
+        "norm": "layernorm",
+    }
+
+    def __init__(self, cell: str, d_model: int, n_layers: int, expansion: float = 1.5, dropout: float = 0.0,
+                 conv_kernel: int = 0, learn_h0: bool = False, scan_impl: str = "auto", norm: str = "layernorm"):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
+        self.d_model = check_size("d_model", d_model)
+        self.n_layers = check_size("n_layers", n_layers)
+        if isinstance(expansion, bool) or not isinstance(expansion, numbers.Real) or expansion <= 0:
+            raise ValueError(f"expansion must be a positive number; got {expansion!r}")
+        d_hidden = round(expansion * d_model)
+        if d_hidden < 1:
+            raise ValueError(f"expansion * d_model must round to at least 1; got {expansion} * {d_model}")
+        if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0:
+            raise ValueError(f"conv_kernel must be an integer >= 0 (0 = no conv); got {conv_kernel!r}")
+        if not isinstance(learn_h0, bool):
+            raise ValueError(f"learn_h0 must be True or False; got {learn_h0!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+        self.cell = cell
+        self.d_hidden = d_hidden
+        self.conv_kernel = conv_kernel
+        self.learn_h0 = learn_h0
+        self.scan_impl = check_scan_impl(scan_impl)
+        self.blocks = nn.ModuleList(
+            MinRNNBlock(cell, d_model, d_hidden, check_dropout(dropout), conv_kernel, learn_h0, scan_impl, norm)
+            for _ in range(n_layers)
+        )
+        self.norm = make_norm(norm, d_model)
+
+    @property
+    def _per_layer(self) -> int:
+        return 2 if self.conv_kernel > 0 else 1
+
+    def initial_state(self, batch_size: int, device=None) -> tuple[torch.Tensor, ...]:
+        ref = self.norm.weight
+        device = ref.device if device is None else device
+        state = []
+        for block in self.blocks:
+            if block.h0_param is not None:
+                state.append(g(block.h0_param).to(device).unsqueeze(0).repeat(batch_size, 1))
+            else:
+                state.append(torch.zeros(batch_size, self.d_hidden, device=device, dtype=ref.dtype))
+            if self.conv_kernel > 0:
+                state.append(torch.zeros(batch_size, self.conv_kernel - 1, self.d_model, device=device,
+                                         dtype=ref.dtype))
+        return tuple(state)
+
+    def _split(self, state) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        n = self._per_layer
+        if not isinstance(state, (tuple, list)) or len(state) != n * self.n_layers:
+            raise ValueError(
+                f"state must be a tuple of {n * self.n_layers} tensors ({self.n_layers} layers x "
+                f"{'(h, conv cache)' if n == 2 else '(h,)'}), as made by initial_state; got "
+                f"{type(state).__name__} of length {len(state) if isinstance(state, (tuple, list)) else '?'}")
+        return [(state[i * n], state[i * n + 1] if n == 2 else None) for i in range(self.n_layers)]
+
+    def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device)
+            if not self.learn_h0:  # zero h0: let the scan start from nothing (cheaper, same result)
+                state = tuple(None if i % self._per_layer == 0 else s for i, s in enumerate(state))
+        new_state = []
+        for block, (h0, conv_cache) in zip(self.blocks, self._split(state)):
+            x, h_last, conv_cache = block(x, h0, conv_cache)
+            new_state.append(h_last)
+            if conv_cache is not None:
+                new_state.append(conv_cache)
+        return self.norm(x), tuple(new_state)
+
+    def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        new_state = []
+        for block, (h, conv_cache) in zip(self.blocks, self._split(state)):
+            x, h, conv_cache = block.step(x, h, conv_cache)
+            new_state.append(h)
+            if conv_cache is not None:
+                new_state.append(conv_cache)
+        return self.norm(x), tuple(new_state)
+
+
+class MinGRUBackbone(MinRNNBackbone):
+    """Stacked minGRU blocks (see :class:`MinRNNBackbone`)."""
+
+    def __init__(self, d_model: int, n_layers: int, **options):
+        super().__init__("mingru", d_model, n_layers, **options)
+
+
+class MinLSTMBackbone(MinRNNBackbone):
+    """Stacked minLSTM blocks (see :class:`MinRNNBackbone`)."""
+
+    def __init__(self, d_model: int, n_layers: int, **options):
+        super().__init__("minlstm", d_model, n_layers, **options)

@@ -1,0 +1,59 @@
+"""minLSTM, one layer (Feng et al. 2024, "Were RNNs All We Needed?").
+
+    f_t = sigmoid(f~_t),  i_t = sigmoid(i~_t)        f~, i~, h~ = split(W x_t + bias)
+    f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t)      (time-independent scale)
+    h_t = f'_t * h_{t-1} + i'_t * g(h~_t)
+
+With d = softplus(-f~) - softplus(-i~) = log(i / f), the normalised gates are f' = sigmoid(-d) and
+i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 - x):
+
+* ``scan_impl="log"``: log f' = -softplus(d), log i' = -softplus(-d), solved by
+  :func:`rlmin.nn.scan.scan_log` (needs h0 >= 0; exact zeros are clamped to the smallest normal float).
+* anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~), solved by :func:`rlmin.nn.scan.scan`.
+
+``step`` is the plain recurrence.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlmin.nn.mingru import check_scan_impl, check_size, g, log_g, log_state
+from rlmin.nn.scan import scan, scan_log
+
+
+class MinLSTM(nn.Module):
+    """One minLSTM layer: ``forward(x[B,T,d_in], h0=None) -> (h[B,T,d_hidden], h_last[B,d_hidden])``.
+
+    Parameters: one ``Linear(d_in, 3 * d_hidden)``, i.e. exactly ``3 * d_hidden * (d_in + 1)``.
+    ``h0=None`` means a zero initial state. With a non-negative h0 every h_t is positive.
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, scan_impl: str = "auto"):
+        super().__init__()
+        self.d_in = check_size("d_in", d_in)
+        self.d_hidden = check_size("d_hidden", d_hidden)
+        self.scan_impl = check_scan_impl(scan_impl)
+        self.linear = nn.Linear(d_in, 3 * d_hidden)  # [f~ | i~ | h~]
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_hidden={self.d_hidden}, scan_impl={self.scan_impl!r}"
+
+    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, i, cand = self.linear(x).chunk(3, dim=-1)
+        d = F.softplus(-f) - F.softplus(-i)  # log(i / f)
+        return d, cand
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        d, cand = self._gates(x)
+        if self.scan_impl == "log":
+            h = scan_log(-F.softplus(d), -F.softplus(-d) + log_g(cand), log_state(h0))
+        else:
+            h = scan(torch.sigmoid(-d), torch.sigmoid(d) * g(cand), h0, impl=self.scan_impl)
+        return h, h[:, -1]
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step of the recurrence: x [B, d_in], h [B, d_hidden] -> new h."""
+        d, cand = self._gates(x)
+        return torch.sigmoid(-d) * h + torch.sigmoid(d) * g(cand)

@@ -1,0 +1,241 @@
+"""Time forward+backward and peak memory of every backbone over sequence lengths.
+
+    python scripts/bench_backbones.py                      # B=64, d=128, T in 20 64 256 1024 4096
+    python scripts/bench_backbones.py --quick              # T in 20 64 256, one rep
+    python scripts/bench_backbones.py --device cuda --sizes 256,1024,4096 --out runs/bench/gpu.json
+
+Rows (all single-layer stacks, n_layers=1, dropout 0, like for like with torch.nn.GRU / nn.LSTM):
+
+* mingru, minlstm          the rlmin residual block (norm, minRNN, projection, MLP) via forward (parallel scan)
+* mingru_layer, minlstm_layer   the bare MinGRU / MinLSTM layer, d -> d: the like-for-like cell comparison
+* transformer              the DT block stack, built with context = T (its default context is 60)
+* gru, lstm                torch.nn.GRU / nn.LSTM (cuDNN on GPU)
+* mingru_steploop          the mingru backbone driven by ``step`` T times, with autograd (no scan)
+
+Skipped (and marked so): the transformer above --transformer-max-T (O(T^2) time), the step loop above
+--steploop-max-T. Speedup ratios minGRU/nn.GRU and minLSTM/nn.LSTM are time(nn) / time(min) per T.
+
+Peak memory: on CUDA, torch.cuda.max_memory_allocated over one forward+backward; on CPU, the process's
+peak resident set (VmHWM, reset through /proc/self/clear_refs) minus the resident set before, which
+counts the allocator's real footprint (after glibc's malloc_trim, so that freed heap pages reused
+by the run count), and is "n/a" where the kernel does not allow the reset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rlmin.nn import MinGRU, MinLSTM, build_backbone
+
+ROWS = ["mingru", "minlstm", "mingru_layer", "minlstm_layer", "transformer", "gru", "lstm", "mingru_steploop"]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()}"
+
+
+class Layer(torch.nn.Module):
+    """A bare MinGRU / MinLSTM layer with the backbone's forward signature."""
+
+    def __init__(self, cls, d: int):
+        super().__init__()
+        self.layer = cls(d, d)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def make_model(row: str, d: int, T: int) -> torch.nn.Module:
+    if row == "mingru_layer":
+        return Layer(MinGRU, d)
+    if row == "minlstm_layer":
+        return Layer(MinLSTM, d)
+    if row == "transformer":
+        return build_backbone("transformer", d, 1, dropout=0.0, context=T)
+    return build_backbone(row.removesuffix("_steploop"), d, 1, dropout=0.0)
+
+
+def run_once(row: str, model: torch.nn.Module, x: torch.Tensor) -> None:
+    if row.endswith("_steploop"):
+        state = model.initial_state(x.shape[0], x.device)
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = model.step(x[:, t], state)
+            ys.append(y)
+        y = torch.stack(ys, dim=1)
+    else:
+        y = model(x)[0]
+    y.float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_mb(row, model, x, device) -> float | None:
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run_once(row, model, x)
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        _malloc_trim()  # hand freed heap pages back, or reusing them would not show in the RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _status_kb("VmRSS")
+        run_once(row, model, x)
+        return (_status_kb("VmHWM") - base) / 1024
+    except (OSError, KeyError):
+        return None
+
+
+def bench(row, T, args, device) -> dict:
+    torch.manual_seed(0)
+    model = make_model(row, args.d_model, T).to(device).train()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(args.batch, T, args.d_model, device=device, requires_grad=True)
+    for _ in range(args.warmup):
+        run_once(row, model, x)
+    times = []
+    for _ in range(args.reps):
+        sync(device)
+        t0 = time.perf_counter()
+        run_once(row, model, x)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    mem = peak_memory_mb(row, model, x, device)
+    return {"backbone": row, "T": T, "status": "ok", "ms": 1e3 * statistics.mean(times),
+            "ms_min": 1e3 * min(times), "reps": len(times), "peak_mem_mb": mem, "params": params}
+
+
+def skip_reason(row: str, T: int, args) -> str | None:
+    if row == "transformer" and T > args.transformer_max_T:
+        return f"T > {args.transformer_max_T}: O(T^2) attention"
+    if row.endswith("_steploop") and T > args.steploop_max_T:
+        return f"T > {args.steploop_max_T}: {T} python steps with autograd"
+    return None
+
+
+def fmt_ms(r) -> str:
+    return f"{r['ms']:.1f}" if r and r["status"] == "ok" else "skip"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default=None, help="comma-separated T values (default 20,64,256,1024,4096)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--transformer-max-T", type=int, default=1024)
+    p.add_argument("--steploop-max-T", type=int, default=1024)
+    p.add_argument("--quick", action="store_true", help="T in 20,64,256, one rep: a smoke run")
+    p.add_argument("--out", default="runs/bench/backbones.json")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sizes = [int(s) for s in (args.sizes or ("20,64,256" if args.quick else "20,64,256,1024,4096")).split(",")]
+    if args.quick:
+        args.reps = 1
+    rows = args.rows.split(",")
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        p.error(f"unknown rows {bad}; valid: {', '.join(ROWS)}")
+
+    header = (f"device: {device_name(device)} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+              f"B={args.batch} d={args.d_model} n_layers=1 | forward+backward, mean of {args.reps} "
+              f"after {args.warmup} warm-up")
+    print(header, flush=True)
+    results: dict[tuple[str, int], dict] = {}
+    for T in sizes:
+        for row in rows:
+            reason = skip_reason(row, T, args)
+            if reason:
+                results[row, T] = {"backbone": row, "T": T, "status": "skipped", "reason": reason}
+            else:
+                results[row, T] = bench(row, T, args, device)
+            r = results[row, T]
+            mem = r.get("peak_mem_mb")
+            print(f"  T={T:5d} {row:16s} {fmt_ms(r):>9s} ms   mem {'n/a' if mem is None else f'{mem:.1f} MB'}"
+                  + (f"   ({r['reason']})" if r["status"] == "skipped" else ""), flush=True)
+
+    speedups = {}
+    for fast, slow in [("mingru", "gru"), ("minlstm", "lstm"), ("mingru_layer", "gru"), ("minlstm_layer", "lstm")]:
+        for T in sizes:
+            a, b = results.get((fast, T)), results.get((slow, T))
+            if a and b and a["status"] == b["status"] == "ok":
+                speedups.setdefault(f"{fast}/nn.{slow.upper()}", {})[T] = b["ms"] / a["ms"]
+
+    # table: time (memory) per row and T
+    print("\nforward+backward time in ms (peak memory in MB)")
+    print(f"{'backbone':16s}" + "".join(f"{'T=' + str(T):>18s}" for T in sizes) + f"{'params':>10s}")
+    for row in rows:
+        cells = []
+        for T in sizes:
+            r = results[row, T]
+            mem = r.get("peak_mem_mb")
+            cells.append(f"{fmt_ms(r)} ({'n/a' if mem is None else f'{mem:.0f}'})" if r["status"] == "ok" else "skipped")
+        params = next((results[row, T]["params"] for T in sizes if results[row, T]["status"] == "ok"), None)
+        print(f"{row:16s}" + "".join(f"{c:>18s}" for c in cells) + f"{params if params else '':>10}")
+    print("\nspeedup (nn time / min time)")
+    for name, per_t in speedups.items():
+        print(f"{name:22s}" + "".join(f"{f'T={T}: {v:.2f}x':>16s}" for T, v in per_t.items()))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "device": device_name(device), "torch": torch.__version__, "python": sys.version.split()[0],
+        "threads": torch.get_num_threads(), "batch": args.batch, "d_model": args.d_model, "n_layers": 1,
+        "reps": args.reps, "warmup": args.warmup, "sizes": sizes,
+        "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "VmHWM - VmRSS (clear_refs)",
+        "results": list(results.values()),
+        "speedups": {k: {str(T): v for T, v in d.items()} for k, d in speedups.items()},
+    }, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

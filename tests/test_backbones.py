@@ -1,0 +1,236 @@
+"""The backbone contract (rlmin.nn): forward == T steps == chunked forward, state layout, resets,
+minGRU/minLSTM parameter counts and numerical positivity, the log path, and clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlmin.nn import BACKBONES, MinGRU, MinLSTM, backbone_options, build_backbone, reset_rows
+
+NAMES = ["mingru", "minlstm", "transformer", "gru", "lstm"]
+# The minRNN stacks once more with every option that touches the state.
+VARIANTS = [(n, {}) for n in NAMES] + [
+    ("mingru", {"conv_kernel": 4, "learn_h0": True, "expansion": 2, "norm": "rmsnorm"}),
+    ("minlstm", {"conv_kernel": 3, "learn_h0": True}),
+    ("mingru", {"conv_kernel": 1}),
+]
+IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in VARIANTS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops: extra threads only fight over a shared CPU (10x slower here with 2)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(name, d_model, n_layers=2, dtype=torch.float64, context=None, **options):
+    torch.manual_seed(0)
+    options = {"dropout": 0.0, **options}
+    if name == "transformer" and context is not None:
+        options["context"] = context
+    model = build_backbone(name, d_model, n_layers, **options).to(dtype).eval()
+    if options.get("learn_h0"):  # move the learnable h0 off its init so it matters
+        with torch.no_grad():
+            for block in model.blocks:
+                block.h0_param.normal_()
+    return model
+
+
+def run_steps(model, x, state=None):
+    state = model.initial_state(x.shape[0]) if state is None else state
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
+
+
+def assert_states_close(s1, s2, atol):
+    assert len(s1) == len(s2)
+    for a, b in zip(s1, s2):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.to(b.dtype), b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,d_model,T,atol", [(torch.float64, 16, 300, 1e-10), (torch.float32, 64, 64, 1e-5)],
+                         ids=["f64-d16-T300", "f32-d64-T64"])
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_forward_equals_steps(name, options, dtype, d_model, T, atol):
+    if name == "transformer":
+        T = min(T, 120)  # each step re-runs the whole window: O(T^2) steps of work
+    model = make(name, d_model, dtype=dtype, context=T, **options)
+    x = torch.randn(3, T, d_model, dtype=dtype)
+    with torch.no_grad():
+        y, state = model(x)
+        ys, state_steps = run_steps(model, x)
+    assert y.shape == (3, T, d_model)
+    torch.testing.assert_close(ys, y, atol=atol, rtol=0)
+    assert_states_close(state_steps, state, atol)
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_chunked_forward_equals_one_forward(name, options):
+    T, d = 300, 24
+    model = make(name, d, context=T, **options)
+    x = torch.randn(2, T, d, dtype=torch.float64)
+    with torch.no_grad():
+        y, state = model(x)
+        ys, s = [], None
+        for a, b in [(0, 37), (37, 38), (38, 150), (150, 300)]:  # uneven, with a length-1 chunk
+            yc, s = model(x[:, a:b], s)
+            ys.append(yc)
+        # an explicit initial_state is the same as state=None
+        y0, _ = model(x[:, :37], model.initial_state(2))
+    torch.testing.assert_close(torch.cat(ys, dim=1), y, atol=1e-10, rtol=0)
+    torch.testing.assert_close(y0, y[:, :37], atol=1e-10, rtol=0)
+    assert_states_close(s, state, 1e-10)
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=IDS)
+def test_state_layout_and_row_reset(name, options):
+    """Every state tensor has the batch as dim 0; resetting one row restarts that row only."""
+    B, T, k, d = 3, 20, 8, 16
+    model = make(name, d, **options)
+    assert model.recurrent == (name != "transformer")
+    x = torch.randn(B, T, d, dtype=torch.float64)
+    with torch.no_grad():
+        for s in model.initial_state(B):
+            assert s.shape[0] == B
+        y_all, _ = run_steps(model, x)
+        _, state = run_steps(model, x[:, :k])
+        for s in state:
+            assert s.shape[0] == B
+        mask = torch.tensor([False, True, False])
+        state = reset_rows(state, mask, model.initial_state(B))
+        y_tail, _ = run_steps(model, x[:, k:], state)
+        y_fresh, _ = run_steps(model, x[1:2, k:])
+    torch.testing.assert_close(y_tail[1:2], y_fresh, atol=1e-10, rtol=0)
+    torch.testing.assert_close(y_tail[[0, 2]], y_all[[0, 2], k:], atol=1e-10, rtol=0)
+
+
+def test_transformer_slides_past_its_context():
+    C, d = 10, 16
+    model = make("transformer", d, context=C, n_heads=2)
+    assert model.context == C
+    x = torch.randn(2, 25, d, dtype=torch.float64)
+    with torch.no_grad():
+        ys, _ = run_steps(model, x)
+        for t in (C - 1, C, 17, 24):  # each step sees the last C inputs, positions from 0
+            window, _ = model(x[:, max(0, t - C + 1):t + 1])
+            torch.testing.assert_close(ys[:, t], window[:, -1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("d_in,d_hidden", [(1, 1), (16, 24), (7, 64)])
+def test_layer_parameter_counts(d_in, d_hidden):
+    assert sum(p.numel() for p in MinGRU(d_in, d_hidden).parameters()) == 2 * d_hidden * (d_in + 1)
+    assert sum(p.numel() for p in MinLSTM(d_in, d_hidden).parameters()) == 3 * d_hidden * (d_in + 1)
+
+
+@pytest.mark.parametrize("scan_impl", ["auto", "log"])
+@pytest.mark.parametrize("layer_cls,n_gates", [(MinGRU, 2), (MinLSTM, 3)])
+def test_state_stays_positive_and_finite_at_extreme_preactivations(layer_cls, n_gates, scan_impl):
+    """T=4096, every pre-activation +-30 (a random sign per step and unit), h0 > 0, float32."""
+    torch.manual_seed(0)
+    B, T, H = 2, 4096, 8
+    layer = layer_cls(n_gates * H, H, scan_impl=scan_impl)
+    with torch.no_grad():  # pre-activation j = 30 * x[..., j]
+        layer.linear.weight.copy_(30.0 * torch.eye(n_gates * H))
+        layer.linear.bias.zero_()
+    x = torch.randint(0, 2, (B, T, n_gates * H)).float() * 2 - 1
+    h0 = torch.tensor([[1e-3], [5.0]]).expand(B, H).clone().requires_grad_()
+    h, h_last = layer(x, h0)
+    assert torch.isfinite(h).all() and (h > 0).all()
+    h.log().sum().backward()
+    assert torch.isfinite(h0.grad).all() and torch.isfinite(layer.linear.weight.grad).all()
+    with torch.no_grad():
+        hs = h0.detach()
+        for t in range(T):
+            hs = layer.step(x[:, t], hs)
+            assert (hs > 0).all() and torch.isfinite(hs).all()
+        torch.testing.assert_close(hs, h_last.detach(), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("layer_cls", [MinGRU, MinLSTM])
+def test_log_scan_matches_linear_scan_layer(layer_cls):
+    torch.manual_seed(0)
+    x = torch.randn(3, 200, 12, dtype=torch.float64)
+    h0 = torch.rand(3, 20, dtype=torch.float64)
+    lin, log = layer_cls(12, 20), layer_cls(12, 20, scan_impl="log")
+    log.load_state_dict(lin.state_dict())
+    lin, log = lin.double(), log.double()
+    for h0_ in (None, h0, torch.zeros_like(h0)):
+        torch.testing.assert_close(log(x, h0_)[0], lin(x, h0_)[0], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("options", [{}, {"conv_kernel": 4, "learn_h0": True}], ids=["plain", "conv-h0"])
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_log_scan_matches_default_backbone(name, options):
+    x = torch.randn(2, 150, 32, dtype=torch.float64)
+    outs = []
+    for impl in ("auto", "log", "reference"):
+        model = make(name, 32, scan_impl=impl, **options)
+        y, s = model(x[:, :70])
+        y2, _ = model(x[:, 70:], s)
+        outs.append(torch.cat([y, y2], dim=1))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(outs[2], outs[0], atol=1e-9, rtol=0)
+    # float32 too, at a float32 tolerance
+    m32, l32 = make(name, 32, dtype=torch.float32, **options), make(name, 32, dtype=torch.float32, scan_impl="log", **options)
+    torch.testing.assert_close(l32(x.float())[0], m32(x.float())[0], atol=1e-4, rtol=1e-4)
+
+
+def test_learned_h0_gets_gradients():
+    model = make("mingru", 16, learn_h0=True)
+    y, _ = model(torch.randn(2, 10, 16, dtype=torch.float64))
+    y.square().sum().backward()
+    for block in model.blocks:
+        assert block.h0_param.grad is not None and block.h0_param.grad.abs().sum() > 0
+
+
+def test_options_have_defaults():
+    for name in NAMES:
+        opts = backbone_options(name)
+        assert build_backbone(name, 8, 1, **opts) is not None
+    assert set(BACKBONES) == set(NAMES)
+    assert backbone_options("transformer") == {"n_heads": 1, "dropout": 0.1, "context": 60}
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: build_backbone("mamba", 16, 2), r"unknown backbone 'mamba'.*mingru, minlstm, transformer, gru, lstm"),
+    (lambda: build_backbone("mingru", 16, 2, heads=2), r"unknown option\(s\) heads.*expansion.*conv_kernel"),
+    (lambda: build_backbone("gru", 16, 2, expansion=2), r"unknown option\(s\) expansion.*dropout"),
+    (lambda: build_backbone("transformer", 16, 2, conv_kernel=3), r"unknown option\(s\) conv_kernel.*n_heads"),
+    (lambda: build_backbone("mingru", 0, 2), r"d_model must be a positive integer; got 0"),
+    (lambda: build_backbone("lstm", 16, -1), r"n_layers must be a positive integer; got -1"),
+    (lambda: build_backbone("transformer", 16, 0), r"n_layers must be a positive integer"),
+    (lambda: build_backbone("mingru", 16.0, 2), r"d_model must be a positive integer"),
+    (lambda: build_backbone("mingru", 16, 1, dropout=1.5), r"dropout must be a number in \[0, 1\)"),
+    (lambda: build_backbone("mingru", 16, 1, scan_impl="fast"), r"scan_impl must be one of auto, reference, log"),
+    (lambda: build_backbone("minlstm", 16, 1, norm="batchnorm"), r"norm must be one of layernorm, rmsnorm"),
+    (lambda: build_backbone("mingru", 16, 1, expansion=0), r"expansion must be a positive number"),
+    (lambda: build_backbone("mingru", 16, 1, conv_kernel=-1), r"conv_kernel must be an integer >= 0"),
+    (lambda: build_backbone("transformer", 16, 1, n_heads=3), r"n_heads must divide d_model"),
+    (lambda: build_backbone("transformer", 16, 1, context=0), r"context must be a positive integer"),
+    (lambda: MinGRU(0, 4), r"d_in must be a positive integer"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_transformer_refuses_sequences_longer_than_its_context():
+    model = make("transformer", 16, context=8)
+    with pytest.raises(ValueError, match="longer than the transformer's context 8.*sliding window"):
+        model(torch.randn(1, 9, 16, dtype=torch.float64))
+    _, state = model(torch.randn(1, 6, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match="exceeds the context 8"):
+        model(torch.randn(1, 3, 16, dtype=torch.float64), state)
+
+
+def test_wrong_state_is_refused():
+    model = make("mingru", 16, conv_kernel=3)
+    with pytest.raises(ValueError, match=r"state must be a tuple of 4 tensors"):
+        model(torch.randn(1, 4, 16, dtype=torch.float64), model.initial_state(1)[:2])
