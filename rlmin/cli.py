@@ -2,11 +2,13 @@
 
     rlmin train CONFIG [CONFIG ...] [key=value ...]     train a run (configs merge left to right)
     rlmin train --resume RUN_DIR                          continue an interrupted run
-    rlmin eval CHECKPOINT [--episodes N] [--mode carry|window]
+    rlmin eval CHECKPOINT [--episodes N] [--mode carry|window] [--max-episode-steps N]
     rlmin data build ENV LEVEL [--steps N]                build a D4RL-style Minari dataset locally
     rlmin data list                                       local datasets with steps and scores
     rlmin export CHECKPOINT OUT                           a self-contained policy file
     rlmin quickstart [key=value ...]                      the README's main job
+    rlmin repro run --preset small|full --out DIR          multi-seed grid (rlmin repro run -h)
+    rlmin repro report DIR                                report.md + scores.png + curves.png
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ def cmd_train(args) -> int:
         result = train(resume=args.resume)
     else:
         files, overrides = _split_overrides(args.items)
+        for f in files:
+            if not Path(f).exists() and not f.endswith((".yaml", ".yml")):
+                from rlmin.config import ConfigError
+                raise ConfigError(f"{f!r} is neither a config file nor a key=value override "
+                                  f"(e.g. {f}=VALUE)")
         if not files:
             print("rlmin train needs a config file, e.g. rlmin train configs/tasks/hopper-medium.yaml "
                   "configs/backbones/mingru.yaml", file=sys.stderr)
@@ -68,7 +75,8 @@ def cmd_eval(args) -> int:
     from rlmin.policy import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
-                              target_returns=args.targets, seed=args.seed, n_envs=args.n_envs)
+                              target_returns=args.targets, seed=args.seed, n_envs=args.n_envs,
+                              max_episode_steps=args.max_episode_steps)
     print_results(res)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
     out.write_text(json.dumps(res, indent=2, default=float))
@@ -108,6 +116,12 @@ def cmd_data_list(args) -> int:
     return 0
 
 
+def cmd_repro(args) -> int:
+    from rlmin.repro import run_command
+
+    return run_command(args)
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
@@ -142,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--n-envs", type=int, default=None)
+    p.add_argument("--max-episode-steps", type=int, default=None,
+                   help="episode time limit (default: the task's)")
     p.add_argument("--out", default=None, help="results JSON (default: next to the checkpoint)")
     p.set_defaults(func=cmd_eval)
 
@@ -163,18 +179,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_build)
     p = data.add_parser("list", help="list local datasets")
     p.set_defaults(func=cmd_data_list)
+
+    from rlmin.repro import add_arguments as add_repro_arguments  # light: argparse only
+
+    p = sub.add_parser("repro", help="multi-seed reproduction grids and their report",
+                       description="Run a datasets x backbones x seeds grid, resumable and "
+                                   "shardable (--shard i/n), and report it (rlmin.repro).")
+    add_repro_arguments(p)
+    p.set_defaults(func=cmd_repro)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _user_error(e: BaseException) -> tuple[int, str] | None:
+    """(exit status, prefix) for errors a user can fix; None for anything else (a bug)."""
     from rlmin.config import ConfigError
 
+    if isinstance(e, ConfigError):
+        return 2, "config error"
+    from rlmin.checkpoint import CheckpointError
+    from rlmin.data.episodes import DataError
+    from rlmin.data.minari_io import DatasetNotFoundError
+    from rlmin.registry import RegistryError
+    from rlmin.train import TrainingError
+
+    if isinstance(e, (DatasetNotFoundError, DataError, CheckpointError, TrainingError,
+                      RegistryError)):
+        return 1, "error"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status.
+
+    Errors a user can fix are printed as ``config error: ...`` (status 2: a bad config) or
+    ``error: ...`` (status 1: a missing or unusable dataset, an unloadable checkpoint, a training
+    run that had to stop), without a traceback; anything else keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        known = _user_error(e)
+        if known is None:
+            raise
+        print(f"{known[1]}: {e}", file=sys.stderr)
+        return known[0]
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ class EvalConfig:
     seed: int = 10_000
     # Acting mode at evaluation; null uses the agent's.
     mode: Optional[str] = None
+    # Time limit of an evaluation episode; 0 takes the task's (1000 for the MuJoCo tasks).
+    max_episode_steps: int = 0
 
 
 @dataclass
@@ -112,7 +114,8 @@ _POSITIVE = ("data.seq_len", "agent.d_model", "agent.n_layers", "train.steps", "
              "train.lr", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
              "eval.episodes", "agent.return_scale")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
-                 "train.num_threads", "eval.n_envs", "agent.dropout")
+                 "train.num_threads", "eval.n_envs", "agent.dropout", "eval.max_episode_steps")
+_SCHEMA_HINT = "See rlmin/config.py (or README.md, Config reference) for every key and its type."
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -120,9 +123,15 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if path in seen:
         raise ConfigError(f"config include cycle: {' -> '.join(map(str, seen + (path,)))}")
     if not path.is_file():
+        if seen:
+            raise ConfigError(f"config file {seen[-1]} includes {path}, which does not exist; "
+                              "include paths are relative to the including file.")
         raise ConfigError(f"config file not found: {path}. Pass a YAML file from configs/ "
-                          "(e.g. configs/hopper-medium.yaml).")
-    raw = OmegaConf.load(path)
+                          "(e.g. configs/tasks/hopper-medium.yaml configs/backbones/mingru.yaml).")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys")
     includes = raw.pop("include", None) or []
@@ -138,18 +147,22 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Conf
     Returns a read-only structured config (attribute access, typed).
     """
     merged = OmegaConf.structured(Config)
+    source = "overrides"
     try:
         for f in files:
+            source = str(f)
             merged = OmegaConf.merge(merged, _read_yaml(Path(f)))
+        source = "overrides"
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {str(e).splitlines()[0]} "
-                          "Check the key's spelling and type against the config reference "
-                          "in README.md.") from None
+        reason = str(e).splitlines()[0].strip()
+        if not reason.endswith((".", "?", "!")):
+            reason += "."
+        raise ConfigError(f"config key '{key}' (in {source}): {reason} {_SCHEMA_HINT}") from None
     validate(merged)
     OmegaConf.set_readonly(merged, True)
     return merged
@@ -167,8 +180,29 @@ def validate(cfg: DictConfig) -> None:
     for key in _NON_NEGATIVE:
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {OmegaConf.select(cfg, key)}")
+    if "carry" in (cfg.agent.act_mode, cfg.eval.mode) and cfg.agent.backbone == "transformer" \
+            and cfg.agent.name == "decision":
+        raise ConfigError("act_mode 'carry' needs a recurrent backbone; the transformer acts "
+                          "by re-running its window: use 'window' (or leave it null)")
     if not 0 <= cfg.agent.dropout < 1:
         raise ConfigError(f"config key 'agent.dropout' must be in [0, 1), got {cfg.agent.dropout}")
+    _validate_names(cfg)
+
+
+def _validate_names(cfg: DictConfig) -> None:
+    """Registered agent and known backbone: checked here, before any dataset is loaded or built."""
+    from rlmin.registry import AGENTS, names
+
+    agents = names(AGENTS)
+    if agents and cfg.agent.name not in agents:
+        raise ConfigError(f"config key 'agent.name' is {cfg.agent.name!r}; registered agents: "
+                          f"{', '.join(agents)}")
+    if cfg.agent.name == "decision":
+        from rlmin.nn import BACKBONES
+
+        if cfg.agent.backbone not in BACKBONES:
+            raise ConfigError(f"config key 'agent.backbone' is {cfg.agent.backbone!r}; choose one "
+                              f"of {', '.join(BACKBONES)}")
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -51,7 +51,7 @@ class LoadedDataset:
         behaviour = self.data.behaviour_return
         return {
             "id": self.dataset_id, "env_id": self.env_id, "task": self.task and self.task.name,
-            "steps": self.data.num_steps, "episodes": self.data.num_episodes,
+            "obs_dim": self.obs_dim, "act_dim": self.act_dim, "steps": self.data.num_steps, "episodes": self.data.num_episodes,
             "behaviour_return": behaviour,
             "behaviour_normalized": normalized_score(behaviour, self.ref_min, self.ref_max),
             "ref_min": self.ref_min, "ref_max": self.ref_max, "ref_source": self.ref.source,

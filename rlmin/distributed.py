@@ -39,12 +39,20 @@ class DistContext:
             dist.barrier()
 
     def gather_object(self, obj) -> list:
-        """Every rank's ``obj`` on every rank (used for per-rank sampler states)."""
+        """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
         if not self.enabled:
             return [obj]
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks of a list of floats (the list itself in a single process)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
 
     def cleanup(self) -> None:
         if self.enabled and dist.is_initialized():

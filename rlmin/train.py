@@ -4,13 +4,22 @@ One function, ``train(cfg)``, readable top to bottom (after nanoGPT and CORL). I
 process or as one rank of a ``torchrun`` launch (DDP); only rank 0 logs, evaluates and writes.
 An interrupted run continues with ``train(resume=run_dir)`` from its last good checkpoint: the
 step count, optimiser, scheduler, sampler and RNG states all continue, and TensorBoard drops any
-events written after that checkpoint (``purge_step``), so curves have no duplicates.
+events written after that checkpoint (``purge_step``), so curves have no duplicates. On CPU a
+resumed run ends with the same parameters as an uninterrupted one (tested).
+
+DDP: every rank draws the same global batch and trains on its own shard of rows. An agent's loss
+is a mean over the real (mask=True) steps of its batch, and DDP averages gradients over ranks, so
+each rank's loss is rescaled by (its shard's share of the global batch's real steps) x (world
+size): the averaged gradient is then the gradient of the mean over the whole global batch, as in
+a single process, and the logged loss and metrics are the global batch's (shard values weighted
+by the same shares and summed over ranks).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +33,8 @@ from tqdm import tqdm
 
 from rlmin import config as config_lib
 from rlmin import distributed as dist_lib
-from rlmin.checkpoint import (capture_rng_state, load_latest, restore_rng_state,
-                              save_checkpoint)
+from rlmin.checkpoint import (capture_rng_state, checkpoint_path, list_checkpoints, load_latest,
+                              restore_rng_state, save_checkpoint)
 from rlmin.dataset import LoadedDataset, load_dataset_for
 from rlmin.evaluate import evaluate
 from rlmin.registry import load_agent_class
@@ -108,7 +117,8 @@ def run_evaluation(agent, data: LoadedDataset, cfg, device) -> dict:
         previous_mode, agent.act_mode = agent.act_mode, cfg.eval.mode
     res = evaluate(agent, data.env_id, target_returns=targets, episodes=cfg.eval.episodes,
                    n_envs=cfg.eval.n_envs or None, seed=cfg.eval.seed, ref_min=data.ref_min,
-                   ref_max=data.ref_max, max_episode_steps=data.max_episode_steps,
+                   ref_max=data.ref_max,
+                   max_episode_steps=cfg.eval.max_episode_steps or data.max_episode_steps,
                    device=str(device))
     if cfg.eval.mode is not None and hasattr(agent, "act_mode"):
         agent.act_mode = previous_mode
@@ -122,10 +132,17 @@ def train(cfg=None, resume: str | Path | None = None) -> TrainResult:
     payload = None
     if resume is not None:
         run_dir = Path(resume)
-        payload, ckpt_path = load_latest(run_dir)
+        with warnings.catch_warnings():  # said below, once, in one line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            payload, ckpt_path = load_latest(run_dir)
         cfg = config_lib.from_dict(payload["config"])
         if ddp.is_main:
-            print(f"resuming {run_dir} from {ckpt_path.name} (step {payload['step']})")
+            skipped = [p.name for p in list_checkpoints(run_dir)
+                       if _ckpt_step(p) > payload["step"]]
+            if skipped:
+                print(f"warning: newer checkpoint(s) {', '.join(skipped)} could not be loaded "
+                      f"(truncated or corrupt); falling back to {ckpt_path.name}", flush=True)
+            print(f"resuming {run_dir} from {ckpt_path.name} (step {payload['step']})", flush=True)
     else:
         if cfg is None:
             raise ValueError("train() needs a config or resume=RUN_DIR")
@@ -135,13 +152,16 @@ def train(cfg=None, resume: str | Path | None = None) -> TrainResult:
     device = ddp.device if ddp.enabled else pick_device(cfg.train.device)
     seed_everything(cfg.train.seed + ddp.rank)
 
-    data = load_dataset_for(cfg.data)
     if cfg.train.batch_size % ddp.world_size:
         raise config_lib.ConfigError(
             f"train.batch_size={cfg.train.batch_size} must divide by the {ddp.world_size} "
             "processes (it is the global batch)")
-    sampler = data.sampler(cfg.data, cfg.train.batch_size // ddp.world_size,
-                           seed=cfg.train.seed * 1000 + ddp.rank)
+    data = load_dataset_for(cfg.data)
+    # Every rank draws the same global batch (one seed) and keeps its own shard of rows: a DDP
+    # run sees exactly the batches of a single-process run with the same global batch size.
+    sampler = data.sampler(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
+    shard = slice(ddp.rank * cfg.train.batch_size // ddp.world_size,
+                  (ddp.rank + 1) * cfg.train.batch_size // ddp.world_size)
 
     agent_cls = load_agent_class(cfg.agent.name)
     agent = agent_cls.build(data.obs_dim, data.act_dim, data.obs_mean, data.obs_std,
@@ -153,16 +173,15 @@ def train(cfg=None, resume: str | Path | None = None) -> TrainResult:
         agent.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-        sampler.set_state(payload["sampler"][ddp.rank] if ddp.rank < len(payload["sampler"])
-                          else payload["sampler"][0])
-        restore_rng_state(payload["rng"])
+        sampler.set_state(payload["sampler"])
+        per_rank = payload.get("rng_per_rank") or []
+        restore_rng_state(per_rank[ddp.rank] if ddp.rank < len(per_rank) else payload["rng"])
         step, history = payload["step"], list(payload.get("eval_history", []))
+    last_saved = step if payload is not None else None
 
-    model = ddp.wrap(agent)
-    loss_fn = model.loss if not ddp.enabled else (lambda b: ddp_loss(model, b))
-    step_fn = loss_fn
+    step_fn = ddp.wrap(LossForward(agent)) if ddp.enabled else agent.loss
     if cfg.train.compile:
-        step_fn = torch.compile(loss_fn)
+        step_fn = torch.compile(step_fn)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.train.amp else nullcontext())
 
@@ -170,81 +189,123 @@ def train(cfg=None, resume: str | Path | None = None) -> TrainResult:
     if ddp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_lib.to_yaml(cfg))
-        writer = SummaryWriter(run_dir / "tb", purge_step=step if step else None)
+        # Scalars of steps <= the checkpoint's were logged before it was saved and are kept;
+        # anything a killed run logged after it is dropped (purge_step: steps >= step + 1).
+        writer = SummaryWriter(run_dir / "tb", purge_step=step + 1 if step else None)
         print(f"run dir: {run_dir}  (tensorboard --logdir {run_dir / 'tb'})")
 
     def checkpoint() -> None:
-        sampler_states = ddp.gather_object(sampler.get_state())
-        if not ddp.is_main:
-            return
-        save_checkpoint(run_dir, step, {
-            "step": step, "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
-            "sampler": sampler_states, "config": config_lib.to_dict(cfg),
-            "agent_name": cfg.agent.name, "agent_options": agent.options,
-            "obs_mean": torch.as_tensor(data.obs_mean), "obs_std": torch.as_tensor(data.obs_std),
-            "dataset": data.summary(), "eval_history": history,
-        }, keep=cfg.train.keep_checkpoints)
+        nonlocal last_saved
+        # Every rank's RNG (dropout masks differ per rank), so a resumed DDP run continues exactly.
+        rng = ddp.gather_object(capture_rng_state())
+        if ddp.is_main:
+            writer.flush()  # what was logged up to this step survives a kill (resume keeps it)
+            save_checkpoint(run_dir, step, {
+                "step": step, "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
+                "sampler": sampler.get_state(), "config": config_lib.to_dict(cfg),
+                "agent_name": cfg.agent.name, "agent_options": agent.options,
+                "obs_mean": torch.as_tensor(data.obs_mean),
+                "obs_std": torch.as_tensor(data.obs_std),
+                "dataset": data.summary(), "eval_history": history,
+            }, keep=cfg.train.keep_checkpoints)
+        last_saved = step
+
+    def stop(what: str) -> TrainingError:
+        kept = (f"the last good checkpoint, {checkpoint_path(run_dir, last_saved)} (step "
+                f"{last_saved}), is kept: load it, or resume with `rlmin train --resume {run_dir}`"
+                if last_saved is not None else "no checkpoint had been written yet")
+        return TrainingError(
+            f"{what} at step {step + 1}; training stopped and this step was not applied. {kept}. "
+            "Try a lower train.lr or a smaller train.grad_clip, and check the dataset for "
+            "extreme values.")
 
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not (ddp.is_main and cfg.train.progress),
                dynamic_ncols=True, desc="train")
     agent.train()
     tick, samples_since = time.perf_counter(), 0
-    while step < cfg.train.steps:
-        batch = to_device(sampler.sample(), device)
-        with autocast:
-            loss, metrics = step_fn(batch)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite loss ({loss.item()}) at step {step + 1}; stopped. The last good "
-                f"checkpoint in {run_dir / 'checkpoints'} is kept. Try a lower train.lr or a "
-                "smaller train.grad_clip, and check the dataset for extreme values.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(agent.parameters(),
-                                             cfg.train.grad_clip or math.inf)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        samples_since += cfg.train.batch_size
-        bar.update(1)
+    try:
+        while step < cfg.train.steps:
+            full = sampler.sample()
+            batch = to_device({k: v[shard] for k, v in full.items()}, device)
+            with autocast:
+                loss, metrics = step_fn(batch)
+            if ddp.enabled:  # see the module docstring: global-batch normalisation
+                share = float(full["mask"][shard].sum()) / max(1, int(full["mask"].sum()))
+                totals = ddp.all_reduce_sum([share * float(loss.detach())]
+                                            + [share * float(v) for v in metrics.values()])
+                loss_value, metrics = totals[0], dict(zip(metrics, totals[1:]))
+                loss = loss * (share * ddp.world_size)
+            else:
+                loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):  # the same value on every rank: all stop together
+                raise stop(f"non-finite loss ({loss_value})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(agent.parameters(),
+                                                       cfg.train.grad_clip or math.inf))
+            if not math.isfinite(grad_norm):  # gradients are synchronised: the same on every rank
+                raise stop(f"non-finite gradient norm ({grad_norm}) with loss {loss_value}")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            samples_since += cfg.train.batch_size
+            bar.update(1)
 
-        if ddp.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
-            now = time.perf_counter()
-            rate = samples_since / max(now - tick, 1e-9)
-            tick, samples_since = now, 0
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            writer.add_scalar("train/samples_per_s", rate, step)
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, step)
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-            if ddp.is_main:
-                res = run_evaluation(agent, data, cfg, device)
-                log_eval(writer, res, step)
-                history.append({"step": step, "targets": _headline(res)})
-            ddp.barrier()
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            checkpoint()
-    bar.close()
+            if ddp.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+                now = time.perf_counter()
+                rate = samples_since / max(now - tick, 1e-9)
+                tick, samples_since = now, 0
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/grad_norm", grad_norm, step)
+                writer.add_scalar("train/samples_per_s", rate, step)
+                for key, value in metrics.items():
+                    if f"train/{key}" not in _TRAIN_TAGS:  # an agent's own "loss" is train/loss
+                        writer.add_scalar(f"train/{key}", value, step)
+                bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.0f}")
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 \
+                    and step < cfg.train.steps:
+                if ddp.is_main:
+                    res = run_evaluation(agent, data, cfg, device)
+                    log_eval(writer, res, step)
+                    history.append({"step": step, "targets": _headline(res)})
+                ddp.barrier()
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                checkpoint()
+        bar.close()
 
-    results = {}
-    if ddp.is_main:
-        res = run_evaluation(agent, data, cfg, device)
-        log_eval(writer, res, step)
-        history.append({"step": step, "targets": _headline(res)})
-        results = build_results(cfg, data, step, res, history)
-        write_results(run_dir / "results.json", results)
-        writer.close()
+        results = {}
+        if ddp.is_main:
+            res = run_evaluation(agent, data, cfg, device)
+            log_eval(writer, res, step)
+            history.append({"step": step, "targets": _headline(res)})
+            results = build_results(cfg, data, step, res, history)
+            write_results(run_dir / "results.json", results)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()  # flushes what was logged, also when training stopped on an error
     ddp.cleanup()
     return TrainResult(run_dir, step, results)
 
 
-def ddp_loss(model, batch):
-    """DDP hooks gradients through ``forward``; agents expose their loss as forward(batch)."""
-    return model(batch)
+_TRAIN_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s")
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(path.stem.split("_")[-1])
+
+
+class LossForward(nn.Module):
+    """DDP synchronises gradients through ``forward``: here forward(batch) is the agent's loss."""
+
+    def __init__(self, agent: nn.Module):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, batch: dict):
+        return self.agent.loss(batch)
 
 
 def _headline(res: dict) -> dict:

@@ -198,8 +198,11 @@ def main(argv=None) -> int:
                 results[row, T] = bench(row, T, args, device)
             r = results[row, T]
             mem = r.get("peak_mem_mb")
-            print(f"  T={T:5d} {row:16s} {fmt_ms(r):>9s} ms   mem {'n/a' if mem is None else f'{mem:.1f} MB'}"
-                  + (f"   ({r['reason']})" if r["status"] == "skipped" else ""), flush=True)
+            if r["status"] == "skipped":
+                print(f"  T={T:5d} {row:16s}   skipped ({r['reason']})", flush=True)
+            else:
+                print(f"  T={T:5d} {row:16s} {r['ms']:9.1f} ms   mem "
+                      + ("n/a" if mem is None else f"{mem:.1f} MB"), flush=True)
 
     speedups = {}
     for fast, slow in [("mingru", "gru"), ("minlstm", "lstm"), ("mingru_layer", "gru"), ("minlstm_layer", "lstm")]:
@@ -216,7 +219,8 @@ def main(argv=None) -> int:
         for T in sizes:
             r = results[row, T]
             mem = r.get("peak_mem_mb")
-            cells.append(f"{fmt_ms(r)} ({'n/a' if mem is None else f'{mem:.0f}'})" if r["status"] == "ok" else "skipped")
+            mem = "n/a" if mem is None else f"{mem:.0f}"
+            cells.append(f"{fmt_ms(r)} ({mem})" if r["status"] == "ok" else "skipped")
         params = next((results[row, T]["params"] for T in sizes if results[row, T]["status"] == "ok"), None)
         print(f"{row:16s}" + "".join(f"{c:>18s}" for c in cells) + f"{params if params else '':>10}")
     print("\nspeedup (nn time / min time)")

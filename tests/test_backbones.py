@@ -178,7 +178,8 @@ def test_log_scan_matches_default_backbone(name, options):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-9, rtol=0)
     torch.testing.assert_close(outs[2], outs[0], atol=1e-9, rtol=0)
     # float32 too, at a float32 tolerance
-    m32, l32 = make(name, 32, dtype=torch.float32, **options), make(name, 32, dtype=torch.float32, scan_impl="log", **options)
+    m32 = make(name, 32, dtype=torch.float32, **options)
+    l32 = make(name, 32, dtype=torch.float32, scan_impl="log", **options)
     torch.testing.assert_close(l32(x.float())[0], m32(x.float())[0], atol=1e-4, rtol=1e-4)
 
 
@@ -234,3 +235,36 @@ def test_wrong_state_is_refused():
     model = make("mingru", 16, conv_kernel=3)
     with pytest.raises(ValueError, match=r"state must be a tuple of 4 tensors"):
         model(torch.randn(1, 4, 16, dtype=torch.float64), model.initial_state(1)[:2])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_under_bf16_autocast(name):
+    model = make(name, 16, dtype=torch.float32)
+    x = torch.randn(2, 12, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = model(x)
+        y2, _ = model.step(x[:, 0], model.initial_state(2))
+    y.float().square().mean().backward()
+    assert torch.isfinite(y.float()).all() and torch.isfinite(y2.float()).all()
+    if name in ("mingru", "minlstm"):  # the gates and the scan run in float32 under autocast
+        assert all(s.dtype == torch.float32 for s in state)
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["mingru", "minlstm"])
+def test_fused_scan_coefficients_match_composed_ops_and_gradcheck(lstm):
+    import torch.nn.functional as F
+
+    from rlmin.nn.mingru import g, scan_coefficients
+
+    torch.manual_seed(0)
+    n = 3 if lstm else 2
+    p = (3 * torch.randn(2, 5, n * 4, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: scan_coefficients(p, lstm), (p,))
+    if lstm:
+        f, i, c = p.chunk(3, dim=-1)
+        x = F.softplus(-f) - F.softplus(-i)
+    else:
+        x, c = p.chunk(2, dim=-1)
+    a, b = scan_coefficients(p, lstm)
+    torch.testing.assert_close(a, torch.sigmoid(-x), atol=1e-15, rtol=1e-12)
+    torch.testing.assert_close(b, torch.sigmoid(x) * g(c), atol=1e-15, rtol=1e-12)

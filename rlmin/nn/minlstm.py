@@ -9,9 +9,11 @@ i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 
 
 * ``scan_impl="log"``: log f' = -softplus(d), log i' = -softplus(-d), solved by
   :func:`rlmin.nn.scan.scan_log` (needs h0 >= 0; exact zeros are clamped to the smallest normal float).
-* anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~), solved by :func:`rlmin.nn.scan.scan`.
+* anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.mingru.scan_coefficients`,
+  fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
-``step`` is the plain recurrence.
+``step`` is the plain recurrence. Under float16/bfloat16 autocast the pre-activations are upcast to
+float32, so the gates, the scan and h are float32.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmin.nn.mingru import check_scan_impl, check_size, g, log_g, log_state
+from rlmin.nn.mingru import check_scan_impl, check_size, g, log_g, log_state, preactivations, scan_coefficients
 from rlmin.nn.scan import scan, scan_log
 
 
@@ -41,16 +43,17 @@ class MinLSTM(nn.Module):
         return f"d_in={self.d_in}, d_hidden={self.d_hidden}, scan_impl={self.scan_impl!r}"
 
     def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, i, cand = self.linear(x).chunk(3, dim=-1)
+        f, i, cand = preactivations(self.linear, x).chunk(3, dim=-1)
         d = F.softplus(-f) - F.softplus(-i)  # log(i / f)
         return d, cand
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        d, cand = self._gates(x)
         if self.scan_impl == "log":
+            d, cand = self._gates(x)
             h = scan_log(-F.softplus(d), -F.softplus(-d) + log_g(cand), log_state(h0))
-        else:
-            h = scan(torch.sigmoid(-d), torch.sigmoid(d) * g(cand), h0, impl=self.scan_impl)
+        else:  # a = sigmoid(-d), b = sigmoid(d) * g(h~), fused with a hand-written backward
+            a, b = scan_coefficients(preactivations(self.linear, x), lstm=True)
+            h = scan(a, b, h0, impl=self.scan_impl)
         return h, h[:, -1]
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

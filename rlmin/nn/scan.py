@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 SCAN_IMPLS: tuple[str, ...] = ("auto", "reference", "log", "sequential", "triton")
@@ -92,18 +93,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _scan_forward_into(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, out: torch.Tensor) -> None:
-    """out[:, t] = a[:, t] * out[:, t-1] + b[:, t], out[:, -1] := h0 (or 0). No autograd."""
+    """out[:, t] = a[:, t] * out[:, t-1] + b[:, t] with out[:, -1] read as h0 (zeros if None); T >= 1.
+
+    One fused op per step (addcmul with out=) into a preallocated [B, T, D] output, reading the
+    inputs through unbind views: on CPU the cost per step is dispatch overhead, not arithmetic.
+    """
     a_s, b_s, o_s = a.unbind(1), b.unbind(1), out.unbind(1)
-    if h0 is None:  # h_0 = b_0 exactly (0 * a_0 + b_0), without a zeros tensor.
+    if h0 is None:  # h_1 = a_1 * 0 + b_1 = b_1, without a zeros tensor
         o_s[0].copy_(b_s[0])
-        start = 1
     else:
         torch.addcmul(b_s[0], a_s[0], h0, out=o_s[0])
-        start = 1
-    h = o_s[0]
-    for t in range(start, len(o_s)):
-        torch.addcmul(b_s[t], a_s[t], h, out=o_s[t])
-        h = o_s[t]
+    for t in range(1, len(o_s)):
+        torch.addcmul(b_s[t], a_s[t], o_s[t - 1], out=o_s[t])
 
 
 def _scan_backward(grad_h: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None,
@@ -116,7 +117,7 @@ def _scan_backward(grad_h: torch.Tensor, a: torch.Tensor, h: torch.Tensor, h0: t
     for t in range(T - 2, -1, -1):
         torch.addcmul(dh_s[t], a_s[t + 1], g_s[t + 1], out=g_s[t])
     grad_a = grad_b = grad_h0 = None
-    if need_h0:
+    if need_h0:  # before grad_a, which may overwrite g
         grad_h0 = a_s[0] * g_s[0]
     if need_b:
         grad_b = g
@@ -150,6 +151,7 @@ class _SequentialScan(torch.autograd.Function):
         return h if cdt == in_dtype else h.to(in_dtype)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_h):
         a_c, h, h0_c = ctx.saved_tensors
         need_a, need_b, need_h0 = ctx.needs_input_grad

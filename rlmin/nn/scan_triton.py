@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
@@ -205,6 +206,7 @@ class _TritonScan(torch.autograd.Function):
         return h
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_h):
         a, h, h0 = ctx.saved_tensors
         need_a, need_b, need_h0 = ctx.needs_input_grad

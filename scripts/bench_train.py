@@ -1,0 +1,278 @@
+"""Training throughput of the decision agent per backbone, at roughly equal parameter count.
+
+    python scripts/bench_train.py                       # K=20 (B=64) and whole episodes (L=1000, B=16)
+    python scripts/bench_train.py --quick               # a smoke run: fewer steps, B=8 for episodes
+    python scripts/bench_train.py --threads 2 --out runs/bench/train.json
+
+One optimizer step = ``agent.loss(batch)`` + ``backward`` + gradient clipping (0.25, as the
+trainer) + an AdamW step, on a synthetic batch in the sampler's format (rlmin/agent.py: Hopper
+sizes, obs 11, act 3, every step real). The agent is ``agents.decision.DecisionAgent`` with 3
+layers, interleaved (R, s, a) tokens (DT's layout; L steps are 3L tokens) and dropout 0.1 in train
+mode, as ``rlmin train`` runs it.
+
+Equal size: minGRU at d_model=128 (the configs' default) sets the parameter count of the whole
+agent (embeddings and head included), and every other backbone gets the d_model (a multiple of
+4) whose count is nearest to it. The counts are printed. The transformer's position table grows
+with its context (3 tokens per step), so its count at L=1000 is larger than at K=20; the match
+is made at K=20.
+
+Each case runs in its own child process, so a case that runs out of memory (killed, or torch's
+allocator error) or past ``--case-timeout`` seconds is reported as a result ("OOM", "skipped:
+> N s") and the others still run. Reported: optimizer steps/s, sequences/s (the trainer's
+``train/samples_per_s``: rows of the batch) and timesteps/s (rows x L), the child's peak
+resident memory (VmHWM), the process CPU time per step (on a shared machine, wall time / CPU
+time shows the contention), and the ratio of each backbone's steps/s to the transformer's in the
+same case. Torch runs with 1 thread unless ``--threads``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BACKBONES = ("mingru", "minlstm", "transformer", "gru", "lstm")
+REFERENCE = ("mingru", 128)  # the backbone and d_model whose parameter count the others match
+OBS_DIM, ACT_DIM, N_LAYERS = 11, 3, 3
+
+
+# ----------------------------------------------------------------------------- machine info
+def machine_info() -> dict:
+    """CPU model (from /proc/cpuinfo), core count, GPU name if any, torch and Python versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def machine_line(info: dict) -> str:
+    dev = f"GPU {info['gpu']}" if info.get("gpu") else "no GPU"
+    return (f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), {dev} | "
+            f"torch {info['torch']} | Python {info['python']}")
+
+
+# ----------------------------------------------------------------------------- sizes
+def build_agent(backbone: str, d_model: int, context_steps: int = 20, device: str = "cpu"):
+    from agents.decision import DecisionAgent
+
+    return DecisionAgent.build(OBS_DIM, ACT_DIM, backbone=backbone, d_model=d_model,
+                               n_layers=N_LAYERS, context_steps=context_steps,
+                               max_timestep=1000).to(device)
+
+
+def param_count(backbone: str, d_model: int, context_steps: int = 20) -> int:
+    return sum(p.numel() for p in build_agent(backbone, d_model, context_steps).parameters())
+
+
+def matched_widths(backbones=BACKBONES, reference=REFERENCE, step: int = 4) -> dict:
+    """{backbone: (d_model, params)} with params nearest the reference's (counts grow with d)."""
+    target = param_count(*reference)
+    out = {}
+    for bb in backbones:
+        if bb == reference[0]:
+            out[bb] = (reference[1], target)
+            continue
+        lo, hi = 1, 1024 // step  # d = k * step; bisect the smallest k with params >= target
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if param_count(bb, mid * step) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        cands = [k * step for k in (lo - 1, lo) if k >= 1]
+        d = min(cands, key=lambda c: abs(param_count(bb, c) - target))
+        out[bb] = (d, param_count(bb, d))
+    return out
+
+
+# ----------------------------------------------------------------------------- one case (child)
+def synthetic_batch(batch: int, length: int, seed: int = 0) -> dict:
+    """A batch in the sampler's format; every step real (mask all True)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observations": torch.randn(batch, length, OBS_DIM, generator=g),
+        "actions": torch.rand(batch, length, ACT_DIM, generator=g) * 2 - 1,
+        "rewards": torch.rand(batch, length, generator=g),
+        "returns_to_go": torch.rand(batch, length, generator=g) * 3000,
+        "timesteps": torch.arange(length).expand(batch, length).clone(),
+        "mask": torch.ones(batch, length, dtype=torch.bool),
+    }
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_case(spec: dict) -> dict:
+    """Time optimizer steps of one (backbone, d_model, L, batch); returns a result row."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    device = spec.get("device", "cpu")
+    agent = build_agent(spec["backbone"], spec["d_model"], spec["length"], device).train()
+    params = sum(p.numel() for p in agent.parameters())
+    opt = torch.optim.AdamW(agent.parameters(), lr=1e-4, weight_decay=1e-4)
+    batch = {k: v.to(device) for k, v in synthetic_batch(spec["batch"], spec["length"]).items()}
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def one_step():
+        loss, _ = agent.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.25)
+        opt.step()
+
+    for _ in range(spec["warmup"]):
+        one_step()
+    sync()
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while steps < spec["min_steps"] or time.perf_counter() - start < spec["seconds"]:
+        one_step()
+        steps += 1
+    sync()
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    rate = steps / elapsed
+    return {**spec, "status": "ok", "params": params, "steps": steps, "elapsed_s": elapsed,
+            "steps_per_s": rate, "sequences_per_s": rate * spec["batch"],
+            "timesteps_per_s": rate * spec["batch"] * spec["length"],
+            "ms_per_step": 1e3 / rate, "cpu_ms_per_step": 1e3 * cpu / steps,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_case_isolated(spec: dict, timeout: float) -> dict:
+    """``run_case`` in a child process: OOM and timeouts become result rows, not crashes."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "status": f"skipped: > {timeout:g} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = (proc.stderr or "").strip().splitlines()
+    oom = proc.returncode in (-9, 137) or any("out of memory" in e.lower() or
+                                              "can't allocate memory" in e.lower() for e in err)
+    return {**spec, "status": "OOM" if oom else f"error (exit {proc.returncode})",
+            "error": err[-1] if err else None}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--k", type=int, default=20, help="segment length K")
+    ap.add_argument("--k-batch", type=int, default=64)
+    ap.add_argument("--episode-len", type=int, default=1000, help="whole-episode length L")
+    ap.add_argument("--episode-batch", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=5.0, help="least timed seconds per case")
+    ap.add_argument("--min-steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--case-timeout", type=float, default=600.0,
+                    help="seconds before a case is reported as skipped")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 s / 2 steps per case, episode batch 8, 180 s case timeout")
+    ap.add_argument("--out", default="runs/bench/train.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:  # one case, result as the last line of stdout
+        print(json.dumps(run_case(json.loads(args.child))))
+        return {}
+    if args.quick:
+        args.seconds, args.min_steps, args.warmup = 1.0, 2, 1
+        args.episode_batch = min(args.episode_batch, 8)
+        args.case_timeout = min(args.case_timeout, 180.0)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    backbones = args.backbones.split(",")
+    bad = [b for b in backbones if b not in BACKBONES]
+    if bad:
+        ap.error(f"unknown backbones {bad}; choose from {', '.join(BACKBONES)}")
+    widths = matched_widths(backbones if REFERENCE[0] in backbones else
+                            [REFERENCE[0], *backbones])
+    print(machine_line(info))
+    print(f"threads {args.threads} | device {args.device} | {N_LAYERS} layers, interleaved tokens, "
+          f"dropout 0.1 | step = loss + backward + clip + AdamW")
+    print(f"parameter match (whole agent, K={args.k}) to {REFERENCE[0]} d_model={REFERENCE[1]}: "
+          + ", ".join(f"{b} d={widths[b][0]} {widths[b][1]:,}" for b in backbones))
+
+    cases = [("segment", args.k, args.k_batch), ("episode", args.episode_len, args.episode_batch)]
+    rows = []
+    for mode, length, batch in cases:
+        for bb in backbones:
+            spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
+                    "batch": batch, "threads": args.threads, "device": args.device,
+                    "seconds": args.seconds, "min_steps": args.min_steps, "warmup": args.warmup}
+            row = run_case_isolated(spec, args.case_timeout)
+            rows.append(row)
+            status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
+                      else row["status"])
+            print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {bb:12s} {status}", flush=True)
+
+    # ratios to the transformer, side by side in this run
+    for mode, _, _ in cases:
+        ref = next((r for r in rows if r["mode"] == mode and r["backbone"] == "transformer"
+                    and r["status"] == "ok"), None)
+        for r in rows:
+            if r["mode"] == mode and r["status"] == "ok" and ref:
+                r["speed_vs_transformer"] = r["steps_per_s"] / ref["steps_per_s"]
+
+    print("\n| case | backbone | d_model | params | steps/s | sequences/s | timesteps/s "
+          "| ms/step | CPU ms/step | peak RSS MB | x transformer |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        case = f"{r['mode']} L={r['length']} B={r['batch']}"
+        if r["status"] != "ok":
+            print(f"| {case} | {r['backbone']} | {r['d_model']} | - | {r['status']} | | | | | | |")
+            continue
+        ratio = r.get("speed_vs_transformer")
+        print(f"| {case} | {r['backbone']} | {r['d_model']} | {r['params']:,} | "
+              f"{r['steps_per_s']:.2f} | {r['sequences_per_s']:.1f} | {r['timesteps_per_s']:,.0f} | "
+              f"{r['ms_per_step']:.0f} | {r['cpu_ms_per_step']:.0f} | {r['peak_rss_mb'] or float('nan'):.0f} | "
+              + (f"{ratio:.2f}" if ratio else "-") + " |")
+
+    result = {"benchmark": "train", "machine": info, "threads": args.threads,
+              "device": args.device, "quick": args.quick, "n_layers": N_LAYERS,
+              "reference": {"backbone": REFERENCE[0], "d_model": REFERENCE[1]},
+              "widths": {b: {"d_model": d, "params": p} for b, (d, p) in widths.items()},
+              "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

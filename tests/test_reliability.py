@@ -1,0 +1,188 @@
+"""Runs that go wrong: a damaged newest checkpoint, a hostile checkpoint, a killed process.
+
+The kill test runs ``python -m rlmin.cli train`` as a real subprocess, SIGKILLs it after its first
+checkpoint, resumes it with ``--resume`` and checks the result against an uninterrupted run.
+(Atomic saves themselves are tested in test_checkpoint.py.)
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlmin import cli
+from rlmin.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from rlmin.config import load_config
+from rlmin.train import train
+
+TINY_YAML = """\
+data: {{dataset: {dataset}, seq_len: 10}}
+agent: {{d_model: 16, n_layers: 1, dropout: {dropout}}}
+train: {{steps: {steps}, batch_size: 8, warmup_steps: 5, lr: 1.0e-3, seed: 3, log_every: 1,
+        checkpoint_every: {every}, keep_checkpoints: 3, eval_every: {eval_every}, num_threads: 1,
+        progress: false, device: cpu}}
+eval: {{episodes: 1, target_returns: [100], max_episode_steps: 10}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def write_config(path: Path, dataset: str, steps: int, every: int, eval_every: int = 0,
+                 dropout: float = 0.1) -> Path:
+    path.write_text(TINY_YAML.format(dataset=dataset, steps=steps, every=every,
+                                     eval_every=eval_every, dropout=dropout))
+    return path
+
+
+def assert_same_models(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    worst = max((x.double() - b[k].double()).abs().max().item() for k, x in a.items())
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7), (
+            f"{what}: parameter {k} differs (largest difference over all tensors: {worst:.3g}). "
+            "Something that drives training is not saved/restored exactly: RNG states, the "
+            "sampler's generator, the scheduler, or the order of RNG use around eval/checkpoint.")
+
+
+def tb_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})  # 0: keep every event
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+# ----------------------------------------------------------------------------- damaged checkpoint
+
+def test_resume_falls_back_from_a_truncated_newest_checkpoint(tmp_path, tiny_hopper_id, capsys):
+    config = write_config(tmp_path / "tiny.yaml", tiny_hopper_id, steps=15, every=5)
+    run = tmp_path / "run"
+    assert cli.main(["train", str(config), f"run_dir={run}"]) == 0
+    newest = run / "checkpoints" / "step_00000015.pt"
+    uninterrupted = load_checkpoint(newest)["model"]
+
+    data = newest.read_bytes()  # a crash mid-write by something that is not save_checkpoint
+    newest.write_bytes(data[: len(data) // 3])
+    capsys.readouterr()
+
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "step_00000015.pt could not be loaded" in out and "falling back to step_00000010.pt" \
+        in out, f"the resume should say it skipped the damaged checkpoint:\n{out}"
+    assert "from step_00000010.pt (step 10)" in out, out
+    resumed = load_checkpoint(newest)  # rewritten, whole, by the resumed run
+    assert resumed["step"] == 15
+    assert_same_models(uninterrupted, resumed["model"], "resumed after a truncated checkpoint")
+    steps = [s for s, _ in tb_scalars(run / "tb", "train/loss")]
+    assert steps == list(range(1, 16)), f"train/loss steps after the resume: {steps}"
+
+
+class _Hostile:
+    """Unpickling this creates a file: proof that arbitrary code would have run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, capsys):
+    from rlmin.policy import Policy
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step_00000005.pt"
+    torch.save({"step": 5, "model": {"w": torch.zeros(1)}, "evil": _Hostile(marker)}, ckpt)
+
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "step_00000005.pt" in err and "refuses" in err, err
+    with pytest.raises(CheckpointError, match="weights_only"):
+        Policy.load(ckpt)
+    assert cli.main(["eval", str(ckpt), "--episodes", "1"]) == 1
+    assert not marker.exists(), "a checkpoint load ran code from the pickle"
+
+
+# ----------------------------------------------------------------------------- killed process
+
+TOTAL = 200
+
+
+def _kill_after_first_checkpoint(cmd: list[str], run: Path, log: Path) -> int:
+    """Start ``cmd``; SIGKILL it as soon as a checkpoint exists; returns the newest's step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while not list_checkpoints(run):
+                if proc.poll() is not None:
+                    pytest.fail(f"training exited ({proc.returncode}) before its first "
+                                f"checkpoint:\n{log.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no checkpoint after 300 s:\n{log.read_text()}")
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL, \
+        f"expected the run to die by SIGKILL, got {proc.returncode}:\n{log.read_text()}"
+    steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(run)]
+    assert steps and steps[-1] < TOTAL, (
+        f"the run wrote checkpoints {steps} before it was killed: it was not interrupted. "
+        f"Raise TOTAL in this test if this machine is that much faster.")
+    return steps[-1]
+
+
+def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path, tiny_hopper_id):
+    # Dropout on and an evaluation every 50 steps: the RNG streams, the sampler and the order of
+    # RNG use around eval and checkpoints must all be restored for the models to match.
+    config = write_config(tmp_path / "tiny.yaml", tiny_hopper_id, steps=TOTAL, every=10,
+                          eval_every=50, dropout=0.1)
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rlmin.cli", "train"]
+    killed_at = _kill_after_first_checkpoint(cmd + [str(config), f"run_dir={run}"], run,
+                                             tmp_path / "first.log")
+
+    resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"(step {killed_at})" in resumed.stdout, resumed.stdout
+
+    reference = tmp_path / "uninterrupted"
+    train(load_config([config], [f"run_dir={reference}"]))
+
+    final = load_checkpoint(run / "checkpoints" / f"step_{TOTAL:08d}.pt")
+    expected = load_checkpoint(reference / "checkpoints" / f"step_{TOTAL:08d}.pt")
+    assert final["step"] == TOTAL
+    assert_same_models(expected["model"], final["model"],
+                       f"killed at step {killed_at}, resumed to {TOTAL}")
+
+    losses = tb_scalars(run / "tb", "train/loss")
+    steps = [s for s, _ in losses]
+    duplicated = sorted({s for s in steps if steps.count(s) > 1})
+    assert not duplicated, f"train/loss logged more than once at steps {duplicated}"
+    assert steps == list(range(1, TOTAL + 1)), \
+        f"train/loss should have every step 1..{TOTAL} once; missing " \
+        f"{sorted(set(range(1, TOTAL + 1)) - set(steps))[:10]}"
+    ref_losses = tb_scalars(reference / "tb", "train/loss")
+    assert losses[-1][1] == pytest.approx(ref_losses[-1][1], rel=1e-6), \
+        "the final loss differs from the uninterrupted run's"
+    evals = [s for s, _ in tb_scalars(run / "tb", "eval/return_mean/target_100")]
+    assert evals == [50, 100, 150, 200], f"evaluation steps after the resume: {evals}"
