@@ -29,7 +29,7 @@ def plot_scores(rows: Sequence[dict], path) -> bool:
         return False
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = _figure(len(datasets), 1, 1.0, 3.6)
-    fig.set_figwidth(max(6.0, 1.6 * max(len({r["label"] for r in rows if r["dataset"] == d})
+    fig.set_figwidth(max(7.5, 1.6 * max(len({r["label"] for r in rows if r["dataset"] == d})
                                         for d in datasets) + 2))
     for ax, ds in zip(axes[:, 0], datasets):
         sel = [r for r in rows if r["dataset"] == ds]
@@ -56,7 +56,8 @@ def plot_scores(rows: Sequence[dict], path) -> bool:
         ax.set_xticks(range(len(labels)), labels)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_ylabel("normalised score\n(last iterate)")
-        ax.set_title(f"{ds} — mean over seeds, 95% bootstrap CI (Minari / Gymnasium v5)")
+        ax.set_title(f"{ds} (Minari, Gymnasium v5)\nlast iterate: mean over seeds, whiskers the "
+                     "95% bootstrap CI, dots the seeds", fontsize="medium")
         ax.legend(fontsize="small")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -107,7 +108,7 @@ def plot_curves(curves: dict, path, loss_tag: str = "train/loss",
                 ax.set_visible(False)
                 continue
             tag = cols[j]
-            for label in sorted(per_label):
+            for label in sorted(per_label, key=_label_order):
                 series = per_label[label].get(tag)
                 if not series:
                     continue
@@ -129,6 +130,14 @@ def plot_curves(curves: dict, path, loss_tag: str = "train/loss",
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return True
+
+
+_ORDER = ("mingru", "minlstm", "transformer", "gru", "lstm", "bc")
+
+
+def _label_order(label: str):
+    base = label.split(" ")[0]
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), label)
 
 
 def _target_value(tag: str, prefix: str) -> float:

@@ -287,10 +287,16 @@ def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | No
         argv = r.argv(num_threads=threads)
         stamp = datetime.now().isoformat(timespec="seconds")
         with open(r.run_dir / COMMAND_FILE, "a") as f:
-            f.write(f"# {stamp} on {platform.node()}, cwd {os.getcwd()}\n{shlex.join(argv)}\n")
+            f.write(f"# {stamp} on {platform.node()}, cwd {os.getcwd()}\n"
+                    f"{shlex.join([*_env_prefix(), *argv])}\n")
         with lock:
             echo(f"[{i + 1}/{len(todo)}] start {r.name}  (log: {r.run_dir / LOG_FILE})")
-        code = runner.run(r, argv, r.run_dir / LOG_FILE)
+        try:
+            code = runner.run(r, argv, r.run_dir / LOG_FILE)
+        except Exception as e:  # a runner that cannot start the run: one failed run, not a crash
+            with lock:
+                echo(f"[{i + 1}/{len(todo)}] could not run {r.name}: {e!r}")
+            code = -1
         ok = code == 0 and r.finished
         with lock:
             if ok:
@@ -310,9 +316,17 @@ def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | No
     return outcome
 
 
+RECORDED_ENV = ("MINARI_DATASETS_PATH", "CUDA_VISIBLE_DEVICES")
+
+
+def _env_prefix() -> list[str]:
+    """``NAME=value`` for the environment variables that change what a run does, when set."""
+    return [f"{k}={os.environ[k]}" for k in RECORDED_ENV if os.environ.get(k)]
+
+
 def invocation(args) -> list[str]:
     """The ``rlmin repro run`` command line equivalent to parsed ``args`` (whatever the entry point)."""
-    argv = ["rlmin", "repro", "run"]
+    argv = [*_env_prefix(), "rlmin", "repro", "run"]
     for opt in ("preset", "out", "tasks", "backbones", "seeds", "workers", "cores", "shard"):
         value = getattr(args, opt, None)
         if value is not None:
