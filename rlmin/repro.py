@@ -400,11 +400,10 @@ def load_run(path: Path) -> dict:
         targets[key] = {"target": t.get("target_return", float(key)), "raw": t.get("return_mean"),
                         "normalized": t.get("normalized_mean"), "best_normalized": best,
                         "episodes": t.get("episodes")}
-    command = None
+    commands = []  # every launch of the run, in order (a resumed run has several)
     if (run_dir / COMMAND_FILE).is_file():
-        lines = [ln for ln in (run_dir / COMMAND_FILE).read_text().splitlines()
-                 if ln and not ln.startswith("#")]
-        command = lines[-1] if lines else None
+        commands = [ln for ln in (run_dir / COMMAND_FILE).read_text().splitlines()
+                    if ln.strip() and not ln.startswith("#")]
     dataset_name = (cfg.get("data") or {}).get("dataset")
     return {
         "path": str(path), "run_dir": str(run_dir), "dataset_id": ds.get("id") or dataset_name,
@@ -415,7 +414,7 @@ def load_run(path: Path) -> dict:
         "ref_min": ds.get("ref_min"), "ref_max": ds.get("ref_max"),
         "ref_source": ds.get("ref_source"), "behaviour_normalized": ds.get("behaviour_normalized"),
         "behaviour_return": ds.get("behaviour_return"),
-        "eval_episodes": (res.get("last_iterate") or {}).get("episodes"), "command": command,
+        "eval_episodes": (res.get("last_iterate") or {}).get("episodes"), "commands": commands,
     }
 
 
@@ -610,10 +609,11 @@ def write_report(out_dir, rows: Sequence[dict], records: Sequence[dict], curves_
     if driver:
         lines += ["The driver invocations that made this folder (`repro_commands.txt`):", "",
                   "```", *driver, "```", ""]
-    lines += ["Each run's exact command (`<run_dir>/command.txt`, its last line):", "",
-              "<details><summary>" + f"{len(records)} runs" + "</summary>", "", "```"]
+    lines += ["Each run's exact commands (`<run_dir>/command.txt`; a resumed run lists each "
+              "launch):", "", "<details><summary>" + f"{len(records)} runs" + "</summary>", "",
+              "```"]
     for rec in sorted(records, key=lambda r: r["run_dir"]):
-        lines.append(rec["command"] or f"# {rec['run_dir']}: no command.txt (not run by the driver)")
+        lines += rec["commands"] or [f"# {rec['run_dir']}: no command.txt (not run by the driver)"]
     lines += ["```", "", "</details>", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         if r["t"] in ref:
             r["speedup_vs_transformer_window"] = ref[r["t"]] / r["ms_per_call"]
 
-    print(f"\n| backbone | d_model | mode | " + " | ".join(f"ms/call t={t}" for t in at)
+    print("\n| backbone | d_model | mode | " + " | ".join(f"ms/call t={t}" for t in at)
           + " | " + " | ".join(f"x transformer t={t}" for t in at) + " |")
     print("|---|---:|---|" + "---:|" * (2 * len(at)))
     keys = sorted({(r["backbone"], r["mode"]) for r in rows},

@@ -92,6 +92,8 @@ class FakeRunner:
         self.calls.append((run.name, argv))
         if run.name in self.fail:
             return 1
+        if run.name == "hopper-medium/bc/seed1" and "raise" in self.fail:
+            raise OSError("cannot start")
         (run.run_dir / "results.json").write_text(json.dumps(
             fake_results(run.backbone, run.seed, {3600: 1.0})))
         return 0
@@ -171,6 +173,13 @@ def test_finished_runs_are_skipped_and_commands_recorded(tmp_path):
     assert again.prepared == []  # sequential: no separate preparation
 
 
+def test_a_runner_that_raises_fails_one_run_only(tmp_path):
+    runs = repro.plan(["hopper-medium"], ["bc"], [0, 1, 2], tmp_path)
+    out = repro.run_grid(runs, runner=FakeRunner(fail={"raise"}), echo=lambda s: None)
+    assert [r.name for r, _ in out.failed] == ["hopper-medium/bc/seed1"]
+    assert len(out.succeeded) == 2
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     run = repro.plan(["hopper-medium"], ["mingru"], [0], tmp_path)[0]
     (run.run_dir / "checkpoints").mkdir(parents=True)
@@ -193,6 +202,7 @@ def test_main_with_injected_runner_and_shards(tmp_path, capsys):
     assert len(list(out.rglob("results.json"))) == 6
     log = (out / repro.DRIVER_LOG).read_text()
     assert "--shard 1/2" in log and "--shard 0/2" in log and "train.steps=5" in log
+    assert "MINARI_DATASETS_PATH=" in log  # set by conftest: recorded with the command
     grid = json.loads((out / repro.GRID_FILE).read_text())
     assert len(grid["runs"]) == 6 and grid["seeds"] == [0, 1, 2]
     # everything finished: a third call runs nothing

@@ -109,7 +109,7 @@ def load_minari(dataset_id_or_path, download: bool = False):
             raise DatasetNotFoundError(
                 f"dataset {dataset_id} is not on this machine (looked in {dataset_dir(dataset_id)}; "
                 f"set MINARI_DATASETS_PATH to look elsewhere): {how_to_get(dataset_id)}, "
-                f"or pass download=True.")
+                f"or allow downloading (config: data.download=true; Python: download=True).")
         try:
             minari.download_dataset(dataset_id)
         except Exception as exc:  # network, unknown id, auth: one line, the cause chained

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmin.nn.mingru import check_scan_impl, check_size, g, log_g, log_state, preactivations, scan_coefficients
+from rlmin.nn.mingru import (check_scan_impl, check_size, fused_scan_ok, g, layer_scan, log_g, log_state,
+                             preactivations, scan_coefficients)
 from rlmin.nn.scan import scan, scan_log
 
 
@@ -51,9 +52,13 @@ class MinLSTM(nn.Module):
         if self.scan_impl == "log":
             d, cand = self._gates(x)
             h = scan_log(-F.softplus(d), -F.softplus(-d) + log_g(cand), log_state(h0))
-        else:  # a = sigmoid(-d), b = sigmoid(d) * g(h~), fused with a hand-written backward
-            a, b = scan_coefficients(preactivations(self.linear, x), lstm=True)
-            h = scan(a, b, h0, impl=self.scan_impl)
+        else:
+            p = preactivations(self.linear, x)
+            if fused_scan_ok(p, h0, self.scan_impl):  # CPU: gates and scan in one Function
+                h = layer_scan(p, h0, lstm=True)
+            else:  # a = sigmoid(-d), b = sigmoid(d) * g(h~), fused with a hand-written backward
+                a, b = scan_coefficients(p, lstm=True)
+                h = scan(a, b, h0, impl=self.scan_impl)
         return h, h[:, -1]
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
