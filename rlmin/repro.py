@@ -71,18 +71,19 @@ LOG_FILE = "train.log"
 DRIVER_LOG = "repro_commands.txt"
 GRID_FILE = "grid.json"
 
-# The small preset: ~1.5k optimizer steps of the configs' d_model=128, 3-layer agents. On this
-# project's 2-core CPU machine one K=20, batch-64 step of minGRU/minLSTM/transformer takes about
-# 0.25 s of one core (scripts/bench_train.py), so 1500 steps are ~6-7 core-minutes; each
-# evaluation (10 episodes x the 2 hopper targets, 10 envs) costs seconds in carry mode and about
-# a minute in the transformer's window mode (scripts/bench_act.py). With --workers 2 the 12 runs
-# take well under an hour there. lr 6e-4 with a short warmup, as configs/quickstart.yaml.
+# The small preset: the quickstart's model (d_model 64, 2 layers, DT's interleaved tokens, K=20)
+# for 3k steps at lr 1e-3, every agent alike (BC: a 64x64 MLP, the behaviour actor's own size).
+# On this project's 2-core CPU one step takes ~80 ms of one core under load, so a run is ~5
+# core-minutes plus evaluation (10 episodes x the 2 hopper targets, every 1k steps); with
+# --workers 2 the 12 runs take about half an hour.
 SMALL_OVERRIDES = (
-    "train.steps=1500",
+    "agent.d_model=64",
+    "agent.n_layers=2",
+    "train.steps=3000",
     "train.batch_size=64",
-    "train.lr=6e-4",
+    "train.lr=1e-3",
     "train.warmup_steps=300",
-    "train.eval_every=500",
+    "train.eval_every=1000",
     "train.log_every=50",
     "train.checkpoint_every=500",
     "eval.episodes=10",
@@ -122,7 +123,7 @@ class Preset:
 PRESETS = {
     "small": Preset("small", ("hopper-medium",), ("mingru", "minlstm", "transformer", "bc"),
                     (0, 1, 2), SMALL_OVERRIDES, workers=2,
-                    description="hopper-medium, 4 agents x 3 seeds, 1.5k steps: a 2-core CPU "
+                    description="hopper-medium, 4 agents x 3 seeds, 3k steps: a 2-core CPU "
                                 "in under an hour"),
     "full": Preset("full", tuple(f"{e}-{lv}" for e in ENVS for lv in LEVELS),
                    ("mingru", "minlstm", "transformer", "gru", "lstm", "bc"), (0, 1, 2, 3, 4),

@@ -111,7 +111,7 @@ def test_small_preset_expands_to_a_grid(tmp_path):
     argv = r.argv(num_threads=1)
     assert argv[1:4] == ["-m", "rlmin.cli", "train"]
     assert argv[4].endswith("tasks/hopper-medium.yaml") and argv[5].endswith("backbones/mingru.yaml")
-    assert "train.steps=1500" in argv and f"run_dir={r.run_dir}" in argv
+    assert "train.steps=3000" in argv and f"run_dir={r.run_dir}" in argv
     assert "train.seed=0" in argv and "train.num_threads=1" in argv
     assert all(Path(f).is_file() for f in r.config_files)
     # a user-given thread count wins over the driver's
