@@ -280,7 +280,8 @@ def train(cfg=None, resume: str | Path | None = None) -> TrainResult:
             res = run_evaluation(agent, data, cfg, device)
             log_eval(writer, res, step)
             history.append({"step": step, "targets": _headline(res)})
-            results = build_results(cfg, data, step, res, history)
+            results = build_results(cfg, data, step, res, history,
+                                    cfg.eval.mode or getattr(agent, "act_mode", None))
             write_results(run_dir / "results.json", results)
     finally:
         bar.close()
@@ -321,7 +322,8 @@ def log_eval(writer, res: dict, step: int) -> None:
     writer.flush()
 
 
-def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list) -> dict:
+def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list,
+                  act_mode: str | None = None) -> dict:
     """results.json: last-iterate scores are the headline; best-during-training is labelled."""
     best = None
     scored = [h for h in history if any(v["normalized_mean"] is not None
@@ -337,7 +339,7 @@ def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list)
         "backbone": cfg.agent.backbone if cfg.agent.name == "decision" else "mlp",
         "seed": cfg.train.seed,
         "step": step,
-        "act_mode": cfg.eval.mode,
+        "act_mode": act_mode,
         "last_iterate": res,
         "best_during_training": best,
         "history": history,

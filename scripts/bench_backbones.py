@@ -3,17 +3,31 @@
     python scripts/bench_backbones.py                      # B=64, d=128, T in 20 64 256 1024 4096
     python scripts/bench_backbones.py --quick              # T in 20 64 256, one rep
     python scripts/bench_backbones.py --device cuda --sizes 256,1024,4096 --out runs/bench/gpu.json
+    python scripts/bench_backbones.py --sizes 256,1024 --rows mingru_layer,gru --no-malloc-tune
 
 Rows (all single-layer stacks, n_layers=1, dropout 0, like for like with torch.nn.GRU / nn.LSTM):
 
+* mingru_layer, minlstm_layer   the bare MinGRU / MinLSTM layer, d -> d (the paper's single layer, input
+                           projection included): the like-for-like comparison with nn.GRU / nn.LSTM, and the
+                           headline (targets on CPU: minGRU layer >= 3x nn.GRU at T=256, >= 5x at T=1024)
 * mingru, minlstm          the rlmin residual block (norm, minRNN, projection, MLP) via forward (parallel scan)
-* mingru_layer, minlstm_layer   the bare MinGRU / MinLSTM layer, d -> d: the like-for-like cell comparison
 * transformer              the DT block stack, built with context = T (its default context is 60)
 * gru, lstm                torch.nn.GRU / nn.LSTM (cuDNN on GPU)
 * mingru_steploop          the mingru backbone driven by ``step`` T times, with autograd (no scan)
 
 Skipped (and marked so): the transformer above --transformer-max-T (O(T^2) time), the step loop above
 --steploop-max-T. Speedup ratios minGRU/nn.GRU and minLSTM/nn.LSTM are time(nn) / time(min) per T.
+
+Timing: for each T every row's model is built, warmed up, and then timed rep by rep in turn (row 1, row 2,
+..., then again), so that load from other processes on a shared machine falls on all rows alike; the
+reported time is the median over reps. Every row gets the same B, T, d, dtype (float32), thread count,
+input (which requires grad, so every backward computes dL/dx through the input projection) and
+allocator setting. The backward is driven by ``--backward``: ``loss`` (default) = mean(y**2).backward(),
+or ``grad`` = y.backward(dy) with one fixed random dy (the layer alone, without the loss's own passes).
+
+CPU allocator: :func:`rlmin.cpu.tune_cpu_allocator` (glibc mallopt: large tensors from the heap instead
+of a fresh, page-faulted mmap each time) is applied for the whole process, i.e. for every row alike,
+unless ``--no-malloc-tune``; the header says which.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over one forward+backward; on CPU, the process's
 peak resident set (VmHWM, reset through /proc/self/clear_refs) minus the resident set before, which
@@ -33,9 +47,13 @@ from pathlib import Path
 
 import torch
 
+from rlmin.cpu import tune_cpu_allocator
 from rlmin.nn import MinGRU, MinLSTM, build_backbone
 
-ROWS = ["mingru", "minlstm", "mingru_layer", "minlstm_layer", "transformer", "gru", "lstm", "mingru_steploop"]
+# The headline rows first: the bare layers and their torch counterparts.
+ROWS = ["mingru_layer", "gru", "minlstm_layer", "lstm", "mingru", "minlstm", "transformer", "mingru_steploop"]
+# (fast row, torch row, T, minimum speedup): the CPU targets for the like-for-like layer comparison.
+TARGETS = [("mingru_layer", "gru", 256, 3.0), ("mingru_layer", "gru", 1024, 5.0)]
 
 
 def device_name(device: torch.device) -> str:
@@ -71,7 +89,8 @@ def make_model(row: str, d: int, T: int) -> torch.nn.Module:
     return build_backbone(row.removesuffix("_steploop"), d, 1, dropout=0.0)
 
 
-def run_once(row: str, model: torch.nn.Module, x: torch.Tensor) -> None:
+def run_once(row: str, model: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor | None = None) -> None:
+    """One forward + backward; backward from mean(y**2) or, when dy is given, from y.backward(dy)."""
     if row.endswith("_steploop"):
         state = model.initial_state(x.shape[0], x.device)
         ys = []
@@ -81,7 +100,10 @@ def run_once(row: str, model: torch.nn.Module, x: torch.Tensor) -> None:
         y = torch.stack(ys, dim=1)
     else:
         y = model(x)[0]
-    y.float().square().mean().backward()
+    if dy is None:
+        y.float().square().mean().backward()
+    else:
+        y.backward(dy)
     model.zero_grad(set_to_none=True)
     x.grad = None
 
@@ -108,12 +130,12 @@ def _malloc_trim() -> None:
         pass
 
 
-def peak_memory_mb(row, model, x, device) -> float | None:
+def peak_memory_mb(row, model, x, device, dy=None) -> float | None:
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        run_once(row, model, x)
+        run_once(row, model, x, dy)
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     try:
@@ -121,29 +143,40 @@ def peak_memory_mb(row, model, x, device) -> float | None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         base = _status_kb("VmRSS")
-        run_once(row, model, x)
+        run_once(row, model, x, dy)
         return (_status_kb("VmHWM") - base) / 1024
     except (OSError, KeyError):
         return None
 
 
-def bench(row, T, args, device) -> dict:
-    torch.manual_seed(0)
-    model = make_model(row, args.d_model, T).to(device).train()
-    params = sum(p.numel() for p in model.parameters())
-    x = torch.randn(args.batch, T, args.d_model, device=device, requires_grad=True)
-    for _ in range(args.warmup):
-        run_once(row, model, x)
-    times = []
+def bench_T(rows: list[str], T: int, args, device) -> dict[str, dict]:
+    """Time every row at one T, interleaved rep by rep (medians), then measure each row's peak memory."""
+    models, params = {}, {}
+    for row in rows:
+        torch.manual_seed(0)
+        models[row] = make_model(row, args.d_model, T).to(device).train()
+        params[row] = sum(p.numel() for p in models[row].parameters())
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(args.batch, T, args.d_model, generator=gen).to(device).requires_grad_()
+    dy = torch.randn(args.batch, T, args.d_model, generator=gen).to(device) if args.backward == "grad" else None
+    for row in rows:
+        for _ in range(args.warmup):
+            run_once(row, models[row], x, dy)
+    times = {row: [] for row in rows}
     for _ in range(args.reps):
-        sync(device)
-        t0 = time.perf_counter()
-        run_once(row, model, x)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    mem = peak_memory_mb(row, model, x, device)
-    return {"backbone": row, "T": T, "status": "ok", "ms": 1e3 * statistics.mean(times),
-            "ms_min": 1e3 * min(times), "reps": len(times), "peak_mem_mb": mem, "params": params}
+        for row in rows:
+            sync(device)
+            t0 = time.perf_counter()
+            run_once(row, models[row], x, dy)
+            sync(device)
+            times[row].append(time.perf_counter() - t0)
+    out = {}
+    for row in rows:
+        mem = peak_memory_mb(row, models[row], x, device, dy)
+        out[row] = {"backbone": row, "T": T, "status": "ok", "ms": 1e3 * statistics.median(times[row]),
+                    "ms_min": 1e3 * min(times[row]), "ms_all": [1e3 * t for t in times[row]],
+                    "reps": len(times[row]), "peak_mem_mb": mem, "params": params[row]}
+    return out
 
 
 def skip_reason(row: str, T: int, args) -> str | None:
@@ -164,17 +197,23 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default=None, help="comma-separated T values (default 20,64,256,1024,4096)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5, help="timed reps per row (interleaved across rows; median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--transformer-max-T", type=int, default=1024)
     p.add_argument("--steploop-max-T", type=int, default=1024)
     p.add_argument("--quick", action="store_true", help="T in 20,64,256, one rep: a smoke run")
+    p.add_argument("--backward", choices=["loss", "grad"], default="loss",
+                   help="backward from mean(y**2) (default) or from a fixed random dL/dy (the layer alone)")
+    p.add_argument("--no-malloc-tune", action="store_true",
+                   help="leave glibc malloc's defaults (by default rlmin.cpu.tune_cpu_allocator() is applied, "
+                        "process-wide, so to every row alike)")
     p.add_argument("--out", default="runs/bench/backbones.json")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    malloc_tuned = False if args.no_malloc_tune else tune_cpu_allocator()
     device = torch.device(args.device)
     sizes = [int(s) for s in (args.sizes or ("20,64,256" if args.quick else "20,64,256,1024,4096")).split(",")]
     if args.quick:
@@ -183,19 +222,26 @@ def main(argv=None) -> int:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         p.error(f"unknown rows {bad}; valid: {', '.join(ROWS)}")
+    rows = [r for r in ROWS if r in rows]  # headline rows first
 
     header = (f"device: {device_name(device)} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-              f"B={args.batch} d={args.d_model} n_layers=1 | forward+backward, mean of {args.reps} "
-              f"after {args.warmup} warm-up")
+              f"B={args.batch} d={args.d_model} n_layers=1 float32 | forward+backward "
+              f"({'mean(y**2)' if args.backward == 'loss' else 'fixed dL/dy'}), median of {args.reps} interleaved "
+              f"reps after {args.warmup} warm-up | malloc tune: {'on' if malloc_tuned else 'off'}")
     print(header, flush=True)
     results: dict[tuple[str, int], dict] = {}
     for T in sizes:
+        todo = []
         for row in rows:
             reason = skip_reason(row, T, args)
             if reason:
                 results[row, T] = {"backbone": row, "T": T, "status": "skipped", "reason": reason}
             else:
-                results[row, T] = bench(row, T, args, device)
+                todo.append(row)
+        if todo:
+            for row, r in bench_T(todo, T, args, device).items():
+                results[row, T] = r
+        for row in rows:
             r = results[row, T]
             mem = r.get("peak_mem_mb")
             if r["status"] == "skipped":
@@ -205,14 +251,14 @@ def main(argv=None) -> int:
                       + ("n/a" if mem is None else f"{mem:.1f} MB"), flush=True)
 
     speedups = {}
-    for fast, slow in [("mingru", "gru"), ("minlstm", "lstm"), ("mingru_layer", "gru"), ("minlstm_layer", "lstm")]:
+    for fast, slow in [("mingru_layer", "gru"), ("minlstm_layer", "lstm"), ("mingru", "gru"), ("minlstm", "lstm")]:
         for T in sizes:
             a, b = results.get((fast, T)), results.get((slow, T))
             if a and b and a["status"] == b["status"] == "ok":
                 speedups.setdefault(f"{fast}/nn.{slow.upper()}", {})[T] = b["ms"] / a["ms"]
 
     # table: time (memory) per row and T
-    print("\nforward+backward time in ms (peak memory in MB)")
+    print("\nforward+backward time in ms, median (peak memory in MB)")
     print(f"{'backbone':16s}" + "".join(f"{'T=' + str(T):>18s}" for T in sizes) + f"{'params':>10s}")
     for row in rows:
         cells = []
@@ -227,15 +273,28 @@ def main(argv=None) -> int:
     for name, per_t in speedups.items():
         print(f"{name:22s}" + "".join(f"{f'T={T}: {v:.2f}x':>16s}" for T, v in per_t.items()))
 
+    targets = []
+    if device.type == "cpu":
+        print("\ntargets (CPU, like for like: same B, T, d, dtype, threads, allocator setting; fwd+bwd incl. the "
+              "input projection)")
+        for fast, slow, T, need in TARGETS:
+            got = speedups.get(f"{fast}/nn.{slow.upper()}", {}).get(T)
+            met = None if got is None else got >= need
+            targets.append({"fast": fast, "slow": slow, "T": T, "need": need, "speedup": got, "met": met})
+            state = "not measured" if got is None else (f"{got:.2f}x: " + ("MET" if met else "NOT MET"))
+            print(f"  {fast} vs nn.{slow.upper()} at T={T}: need >= {need:.0f}x, {state}")
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "device": device_name(device), "torch": torch.__version__, "python": sys.version.split()[0],
         "threads": torch.get_num_threads(), "batch": args.batch, "d_model": args.d_model, "n_layers": 1,
-        "reps": args.reps, "warmup": args.warmup, "sizes": sizes,
+        "reps": args.reps, "warmup": args.warmup, "sizes": sizes, "backward": args.backward,
+        "malloc_tune": malloc_tuned, "timing": "median of interleaved reps (ms); ms_min = best, ms_all = every rep",
         "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "VmHWM - VmRSS (clear_refs)",
         "results": list(results.values()),
         "speedups": {k: {str(T): v for T, v in d.items()} for k, d in speedups.items()},
+        "targets": targets,
     }, indent=2))
     print(f"\nwrote {out}")
     return 0

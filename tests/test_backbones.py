@@ -268,3 +268,142 @@ def test_fused_scan_coefficients_match_composed_ops_and_gradcheck(lstm):
     a, b = scan_coefficients(p, lstm)
     torch.testing.assert_close(a, torch.sigmoid(-x), atol=1e-15, rtol=1e-12)
     torch.testing.assert_close(b, torch.sigmoid(x) * g(c), atol=1e-15, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU-fast layer path (rlmin.nn.mingru: oneDNN linear + fused gates/scan) against plain torch
+# ---------------------------------------------------------------------------------------------
+
+
+def _g_plain(x):
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def _plain_layer(layer, x, h0):
+    """The minGRU / minLSTM layer written plainly: F.linear, the gates as the paper writes them, scan_reference."""
+    import torch.nn.functional as F
+
+    from rlmin.nn.scan import scan_reference
+
+    p = F.linear(x, layer.linear.weight, layer.linear.bias)
+    if isinstance(layer, MinLSTM):
+        f, i, c = p.chunk(3, dim=-1)
+        f, i = torch.sigmoid(f), torch.sigmoid(i)
+        a, z = f / (f + i), i / (f + i)
+    else:
+        k, c = p.chunk(2, dim=-1)
+        a, z = torch.sigmoid(-k), torch.sigmoid(k)
+    return scan_reference(a, z * _g_plain(c), h0)
+
+
+def _layer_value_and_grads(fn, layer, x, h0, w):
+    x = x.clone().requires_grad_()
+    h0 = None if h0 is None else h0.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    h = fn(x, h0)
+    (h * w).sum().backward()
+    out = [h.detach(), x.grad, layer.linear.weight.grad, layer.linear.bias.grad]
+    return out + ([] if h0 is None else [h0.grad])
+
+
+@pytest.mark.parametrize("dtype,B,T,tol", [(torch.float64, 3, 1, 1e-12), (torch.float64, 3, 150, 1e-12),
+                                           (torch.float32, 8, 300, 2e-5)], ids=["f64-T1", "f64-T150", "f32-T300"])
+@pytest.mark.parametrize("with_h0", [False, True], ids=["h0=None", "h0"])
+@pytest.mark.parametrize("layer_cls", [MinGRU, MinLSTM])
+def test_fused_layer_matches_plain_torch_layer(layer_cls, with_h0, dtype, B, T, tol):
+    """Value and every gradient (x, W, bias, h0) of the default CPU path against the plainly written layer;
+    float32 with B*T >= 1024 goes through the oneDNN linear; T=150/300 crosses several scan chunks."""
+    from rlmin.nn.mingru import fused_scan_ok
+
+    torch.manual_seed(0)
+    layer = layer_cls(12, 20).to(dtype)
+    x = 2 * torch.randn(B, T, 12, dtype=dtype)
+    h0 = torch.rand(B, 20, dtype=dtype) if with_h0 else None
+    w = torch.randn(B, T, 20, dtype=dtype)
+    assert fused_scan_ok(x, h0, layer.scan_impl)
+    got = _layer_value_and_grads(lambda x, h0: layer(x, h0)[0], layer, x, h0, w)
+    want = _layer_value_and_grads(lambda x, h0: _plain_layer(layer, x, h0), layer, x, h0, w)
+    for name, a, b in zip(("h", "x", "weight", "bias", "h0"), got, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item(), msg=lambda m: f"{name}: {m}")
+    with torch.no_grad():  # step mode == forward
+        hs = torch.zeros(B, 20, dtype=dtype) if h0 is None else h0
+        for t in range(T):
+            hs = layer.step(x[:, t], hs)
+        torch.testing.assert_close(hs, got[0][:, -1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["h0=None", "h0"])
+@pytest.mark.parametrize("lstm", [False, True], ids=["mingru", "minlstm"])
+def test_fused_layer_scan_gradcheck_across_chunks(lstm, with_h0, monkeypatch):
+    import rlmin.nn.mingru as mingru
+
+    monkeypatch.setattr(mingru, "_CHUNK", 3)  # T=8: chunks of 3, 3, 2
+    torch.manual_seed(0)
+    n = 3 if lstm else 2
+    p = (3 * torch.randn(2, 8, n * 4, dtype=torch.float64)).requires_grad_()
+    h0 = torch.rand(2, 4, dtype=torch.float64).requires_grad_() if with_h0 else None
+    args = (p,) if h0 is None else (p, h0)
+    assert torch.autograd.gradcheck(lambda p, h0=None: mingru.layer_scan(p, h0, lstm), args)
+
+
+def test_fused_g_derivative_at_zero_is_one():
+    """g'(0) = 1 (the x >= 0 branch), as autograd through the paper's where-based g gives."""
+    from rlmin.nn.mingru import layer_scan
+
+    p = torch.zeros(1, 2, 4, dtype=torch.float64)
+    p[..., :2] = torch.tensor([0.3, -1.2], dtype=torch.float64)  # gates; candidates exactly 0
+    p1 = p.clone().requires_grad_()
+    layer_scan(p1, None, False).sum().backward()
+    p2 = p.clone().requires_grad_()
+    k, c = p2.chunk(2, dim=-1)
+    from rlmin.nn.scan import scan_reference
+
+    scan_reference(torch.sigmoid(-k), torch.sigmoid(k) * _g_plain(c)).sum().backward()
+    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_cpu_linear_matches_torch_linear():
+    import torch.nn.functional as F
+
+    import rlmin.nn.mingru as mingru
+
+    if not mingru._ONEDNN:
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(4, 700, 24)  # 2800 rows: several row blocks of the weight-gradient GEMM, one ragged
+    dy = torch.randn(4, 700, 40)
+    outs = []
+    for fn in (lambda x: mingru.cpu_linear(x, lin.weight, lin.bias), lambda x: F.linear(x, lin.weight, lin.bias)):
+        xr = x.clone().requires_grad_()
+        lin.zero_grad(set_to_none=True)
+        y = fn(xr)
+        y.backward(dy)
+        outs.append((y.detach(), xr.grad, lin.weight.grad, lin.bias.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_linear_switch_gives_same_layer(monkeypatch):
+    import rlmin.nn.mingru as mingru
+
+    torch.manual_seed(0)
+    layer = MinGRU(16, 16)
+    x = torch.randn(4, 600, 16)
+    h_onednn = layer(x)[0]
+    monkeypatch.setattr(mingru, "CPU_LINEAR", "torch")
+    torch.testing.assert_close(layer(x)[0], h_onednn, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_cpu_allocator_is_idempotent_and_says_whether_it_applied():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from rlmin.cpu import tune_cpu_allocator as t; a = t(); b = t(); print(a, b)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split()
+    assert first == second
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first == "True"

@@ -108,6 +108,7 @@ def scan_coefficients(p: torch.Tensor, lstm: bool) -> tuple[torch.Tensor, torch.
 #: d = 128: oneDNN ran the layer's three GEMMs (forward, dX, dW) about 2x faster than torch's MKL
 #: sgemm. Module-level so that benchmarks can switch it; both give the same values to float32 rounding.
 CPU_LINEAR = "onednn"
+_DW_ROWS = 1024  # row block of the weight-gradient GEMM (measured: 512-2048 similar, 65536 slower)
 _ONEDNN_MIN_ROWS = 1024  # below this (e.g. step mode) torch's matmul is as fast and has no setup cost
 
 
@@ -148,7 +149,12 @@ class _OneDNNLinear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         dy = dy.contiguous()
         dx = _onednn_mm_t(dy, weight.t().contiguous()) if need_x else None
-        dw = _onednn_mm_t(x.t(), dy.t()).t().contiguous() if need_w else None  # (x.T @ dy).T: the faster order
+        dw = None
+        if need_w:  # (x.T @ dy).T, summed over row blocks: ~20% faster than one GEMM with K = rows
+            for xb, dyb in zip(x.split(_DW_ROWS), dy.split(_DW_ROWS)):
+                part = _onednn_mm_t(xb.t(), dyb.t())
+                dw = part if dw is None else dw.add_(part)
+            dw = dw.t().contiguous()
         db = dy.sum(0) if (need_b and ctx.has_bias) else None
         return dx, dw, db
 
@@ -168,20 +174,27 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _threshold_backward = torch.ops.aten.threshold_backward.grad_input
 
 
+_CHUNK = 64  # time steps per chunk: the chunk's working set (~6 [B, 64, H] slices) stays in cache
+
+
 class _MinRNNLayerScan(torch.autograd.Function):
     """h from the layer's pre-activations p and h0, gates and scan fused, with a hand-written backward.
 
     minGRU: p = [k | h~], x = k.  minLSTM: p = [f~ | i~ | h~], x = logsigmoid(i~) - logsigmoid(f~).
-    With z = sigmoid(x) and g = g(h~) = relu(h~) + sigmoid(min(h~, 0)) (the paper's g, without a
-    select), the forward is the no-autograd loop h_t = lerp(h_{t-1}, g_t, z_t) = (1 - z_t) h_{t-1} + z_t g_t
-    into one preallocated output: one op per step, no a or b tensors.
+    a = sigmoid(-x) and z = sigmoid(x) (each computed directly: 1 - z would lose a's relative precision
+    when a is tiny, and h with it), g = g(h~) = relu(h~) + sigmoid(min(h~, 0)) (the paper's g, without
+    a select), b = z g; the forward is the no-autograd loop h_t = a_t h_{t-1} + b_t, one addcmul per step,
+    into one preallocated output.
 
-    Backward, with a = 1 - z and G_t = dL/dh_t + a_{t+1} G_{t+1} (the reverse scan):
-    dx = G (g - h_{t-1}) z a;  dh~ = G z g'(h~), g' = sigmoid'(min(h~, 0)) + 0.75 [h~ >= 0];
-    dh0 = a_1 G_1;  minLSTM: di~ = dx sigmoid(-i~), df~ = -dx sigmoid(-f~).
-    Saved: p, h, z and s = sigmoid(min(h~, 0)) (the two transcendental passes are not redone).
-    Every step writes into preallocated [B, T, H] buffers; every full-tensor op is one pass with
-    its output written in place or into a reused buffer (fresh large tensors cost page faults on CPU).
+    Backward, with G_t = dL/dh_t + a_{t+1} G_{t+1} (the reverse scan):
+    dx = G (g - h_{t-1}) z a;  dh~ = G z g'(h~), g' = sigmoid'(s) + 0.75 [h~ >= 0] with
+    s = sigmoid(min(h~, 0)) = min(g, 0.5);  dh0 = a_1 G_1;  minLSTM: di~ = dx sigmoid(-i~), df~ = -dx sigmoid(-f~).
+
+    Saved: p, h and a, z, g (the transcendental passes are not redone). Both directions run in chunks of
+    ``_CHUNK`` time steps: each chunk's gate math, then its part of the scan, so the intermediates (b; G
+    and the gradient terms) live in small reused buffers that stay in cache, and each large tensor is
+    written once. Strided views of p are read only by cheap ops (copy, neg, clamp): sigmoid reading
+    a strided view is ~4x slower than in place on a dense buffer.
     """
 
     @staticmethod
@@ -189,66 +202,90 @@ class _MinRNNLayerScan(torch.autograd.Function):
         n = 3 if lstm else 2
         B, T, nH = p.shape
         H = nH // n
-        c = p[..., (n - 1) * H:]
-        if lstm:
-            z = F.logsigmoid(p[..., H:2 * H])
-            z.sub_(F.logsigmoid(p[..., :H]))
-        else:  # copy, then sigmoid in place: sigmoid reading a strided view is ~4x slower
-            z = torch.empty((B, T, H), dtype=p.dtype)
-            z.copy_(p[..., :H])
-        z.sigmoid_()
-        s = torch.clamp_max(c, 0).sigmoid_()
-        gv = torch.clamp_min(c, 0).add_(s)
-        h = torch.empty((B, T, H), dtype=p.dtype)
-        z_s, g_s, h_s = z.unbind(1), gv.unbind(1), h.unbind(1)
-        if h0 is None:
-            torch.mul(z_s[0], g_s[0], out=h_s[0])
-        else:
-            torch.lerp(h0, g_s[0], z_s[0], out=h_s[0])
-        for t in range(1, T):
-            torch.lerp(h_s[t - 1], g_s[t], z_s[t], out=h_s[t])
+        full = (B, T, H)
+        a, z, g_ = (torch.empty(full, dtype=p.dtype) for _ in range(3))
+        h = torch.empty(full, dtype=p.dtype)
+        tmp = torch.empty((B, min(T, _CHUNK), H), dtype=p.dtype)
+        h_prev = h0
+        for t0 in range(0, T, _CHUNK):
+            t1 = min(T, t0 + _CHUNK)
+            ac, zc, gc, hc, bc = a[:, t0:t1], z[:, t0:t1], g_[:, t0:t1], h[:, t0:t1], tmp[:, :t1 - t0]
+            c = p[:, t0:t1, (n - 1) * H:]
+            if lstm:  # x = logsigmoid(i~) - logsigmoid(f~)
+                torch.sub(F.logsigmoid(p[:, t0:t1, H:2 * H]), F.logsigmoid(p[:, t0:t1, :H]), out=zc)
+                torch.neg(zc, out=ac).sigmoid_()
+            else:
+                torch.neg(p[:, t0:t1, :H], out=ac).sigmoid_()
+                zc.copy_(p[:, t0:t1, :H])
+            zc.sigmoid_()
+            torch.clamp_max(c, 0, out=gc).sigmoid_().add_(torch.clamp_min(c, 0, out=bc))  # g
+            torch.mul(zc, gc, out=bc)  # b = z g
+            a_s, b_s, h_s = ac.unbind(1), bc.unbind(1), hc.unbind(1)
+            if h_prev is None:
+                h_s[0].copy_(b_s[0])
+            else:
+                torch.addcmul(b_s[0], a_s[0], h_prev, out=h_s[0])
+            for t in range(1, t1 - t0):
+                torch.addcmul(b_s[t], a_s[t], h_s[t - 1], out=h_s[t])
+            h_prev = h_s[-1]
         ctx.lstm = lstm
-        ctx.save_for_backward(p, h, z, s, h0)
+        ctx.save_for_backward(p, h, a, z, g_, h0)
         return h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh):
-        p, h, z, s, h0 = ctx.saved_tensors
+        p, h, a, z, g_, h0 = ctx.saved_tensors
         need_p, need_h0, _ = ctx.needs_input_grad
         lstm = ctx.lstm
         n = 3 if lstm else 2
         B, T, nH = p.shape
         H = nH // n
-        c = p[..., (n - 1) * H:]
-        buf = torch.rsub(z, 1)  # a = 1 - z: d h_t / d h_{t-1}, as the forward's lerp uses it
-        gs = torch.empty_like(buf)
-        a_s, dh_s, gs_s = buf.unbind(1), dh.unbind(1), gs.unbind(1)
-        gs_s[T - 1].copy_(dh_s[T - 1])
-        for t in range(T - 2, -1, -1):
-            torch.addcmul(dh_s[t], a_s[t + 1], gs_s[t + 1], out=gs_s[t])
-        grad_h0 = torch.mul(a_s[0], gs_s[0]) if (need_h0 and h0 is not None) else None
-        if not need_p:
-            return None, grad_h0, None
-        grad = torch.empty(p.shape, dtype=p.dtype)
-        x = torch.clamp_min(c, 0, out=buf).add_(s)  # g, over a (no longer needed)
-        if T > 1:
-            x[:, 1:].sub_(h[:, :-1])
-        if h0 is not None:
-            x[:, 0].sub_(h0)
-        x.mul_(gs)  # G (g - h_{t-1})
-        if lstm:
-            dx = _sigmoid_backward(x, z, grad_input=x)  # * z (1 - z), in place
-            di = grad[..., H:2 * H]
-            torch.neg(p[..., H:2 * H], out=di).sigmoid_().mul_(dx)
-            df = grad[..., :H]
-            torch.neg(p[..., :H], out=df).sigmoid_().mul_(dx).neg_()
-        else:
-            _sigmoid_backward(x, z, grad_input=grad[..., :H])
-        u = gs.mul_(z)  # G z
-        dc = _sigmoid_backward(u, s, grad_input=grad[..., (n - 1) * H:])  # G z sigmoid'(min(h~, 0))
-        step = _threshold_backward(u, c, _NEG_TINY[p.dtype], grad_input=buf)  # G z [h~ >= 0]
-        dc.add_(step, alpha=0.75)  # sigmoid'(0) = 0.25 where h~ >= 0: 0.25 + 0.75 = 1
+        L = min(T, _CHUNK)
+        gs_buf = torch.empty((B, L, H), dtype=p.dtype)
+        tmp = torch.empty((B, L, H), dtype=p.dtype)
+        grad = torch.empty(p.shape, dtype=p.dtype) if need_p else None
+        thr = _NEG_TINY[p.dtype]
+        g_next = None  # G at the first step of the chunk after this one
+        starts = list(range(0, T, _CHUNK))
+        for t0 in reversed(starts):
+            t1 = min(T, t0 + _CHUNK)
+            m = t1 - t0
+            gs = gs_buf[:, :m]
+            a_s, dh_s, gs_s = a[:, t0:t1].unbind(1), dh[:, t0:t1].unbind(1), gs.unbind(1)
+            if g_next is None:
+                gs_s[m - 1].copy_(dh_s[m - 1])
+            else:
+                torch.addcmul(dh_s[m - 1], a[:, t1], g_next, out=gs_s[m - 1])
+            for t in range(m - 2, -1, -1):
+                torch.addcmul(dh_s[t], a_s[t + 1], gs_s[t + 1], out=gs_s[t])
+            g_next = gs_s[0].clone()  # gs is overwritten below and by the next chunk
+            if not need_p:
+                continue
+            ac, zc, gc = a[:, t0:t1], z[:, t0:t1], g_[:, t0:t1]
+            c = p[:, t0:t1, (n - 1) * H:]
+            x = tmp[:, :m]
+            if m > 1:  # x = g - h_{t-1}
+                torch.sub(gc[:, 1:], h[:, t0:t1 - 1], out=x[:, 1:])
+            if t0 > 0:
+                torch.sub(gc[:, 0], h[:, t0 - 1], out=x[:, 0])
+            elif h0 is not None:
+                torch.sub(gc[:, 0], h0, out=x[:, 0])
+            else:
+                x[:, 0].copy_(gc[:, 0])
+            x.mul_(gs).mul_(zc)  # G (g - h_{t-1}) z
+            if lstm:
+                x.mul_(ac)  # dx
+                di, df = grad[:, t0:t1, H:2 * H], grad[:, t0:t1, :H]
+                torch.neg(p[:, t0:t1, H:2 * H], out=di).sigmoid_().mul_(x)
+                torch.neg(p[:, t0:t1, :H], out=df).sigmoid_().mul_(x).neg_()
+            else:
+                torch.mul(x, ac, out=grad[:, t0:t1, :H])  # dk
+            u = gs.mul_(zc)  # G z
+            s = torch.clamp_max(gc, 0.5, out=x)  # sigmoid(min(h~, 0))
+            dc = _sigmoid_backward(u, s, grad_input=grad[:, t0:t1, (n - 1) * H:])  # G z sigmoid'(min(h~, 0))
+            dc.add_(_threshold_backward(u, c, thr, grad_input=x), alpha=0.75)  # + 0.75 G z [h~ >= 0]
+        grad_h0 = torch.mul(a[:, 0], g_next) if (need_h0 and h0 is not None) else None
         return grad, grad_h0, None
 
 
