@@ -62,10 +62,11 @@ def cmd_quickstart(args) -> int:
     result = train(cfg)
     res = result.results
     print_results(res)
-    behaviour = res["dataset"].get("behaviour_normalized")
-    best = max(r["normalized_mean"] for r in res["last_iterate"]["targets"].values())
-    print(f"\nminGRU agent, last iterate: normalised score {best:.1f} "
-          f"(behaviour policy in the dataset: {behaviour:.1f}; random policy: 0)")
+    behaviour = res["dataset"]["behaviour_normalized"]
+    scores = ", ".join(f"target {t}: {r['normalized_mean']:.1f}"
+                       for t, r in res["last_iterate"]["targets"].items())
+    print(f"\nminGRU agent, last iterate, normalised score per target return: {scores}\n"
+          f"behaviour policy of the dataset: {behaviour:.1f}; random policy: 0")
     print(f"TensorBoard logs: tensorboard --logdir {result.run_dir / 'tb'}")
     print(f"results.json:     {result.run_dir / 'results.json'}")
     return 0
