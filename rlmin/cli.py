@@ -210,6 +210,8 @@ def _user_error(e: BaseException) -> tuple[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlmin.cpu import tune_cpu_allocator
+
     """Run one command; returns the exit status.
 
     Errors a user can fix are printed as ``config error: ...`` (status 2: a bad config) or
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     run that had to stop), without a traceback; anything else keeps its traceback.
     """
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()  # large CPU tensors: no fresh mmap + page faults per step (rlmin/cpu.py)
     try:
         return args.func(args)
     except Exception as e:

@@ -12,9 +12,14 @@ Two parallel paths, same result to float tolerance:
 * ``scan_impl="log"``: the paper's log-space form, log(1 - z) = -softplus(k), log z = -softplus(-k),
   log g as in :func:`log_g`, solved by :func:`rlmin.nn.scan.scan_log`. It needs h0 >= 0; an h0 of
   exactly 0 is clamped to the smallest normal float so that its log (and its gradient) stay finite.
-* anything else (``"auto"``, ``"reference"``, ``"sequential"``, ``"triton"``): a and b in linear space,
-  computed stably (``a = sigmoid(-k)``, not ``1 - sigmoid(k)``) by :func:`scan_coefficients` (fused,
-  with a hand-written backward), solved by :func:`rlmin.nn.scan.scan`.
+* ``"auto"`` / ``"sequential"`` on CPU (float32/float64, no autocast): the fused path. The Linear is one
+  [B*T, d_in] @ [d_in, 2*d_hidden] GEMM forward and one each for dX and dW backward (through oneDNN for
+  large float32 inputs, :func:`cpu_linear`), then gates, g and the sequential scan run in one autograd
+  Function with a hand-written backward (:func:`layer_scan`), chunked over time so that intermediates stay
+  in cache. a = sigmoid(-k) and z = sigmoid(k) are each computed directly (not 1 - the other).
+* anything else (``"reference"``, ``"triton"``, CUDA, autocast): a and b in linear space, computed stably
+  (``a = sigmoid(-k)``, not ``1 - sigmoid(k)``) by :func:`scan_coefficients` (fused, with a hand-written
+  backward), solved by :func:`rlmin.nn.scan.scan`.
 
 ``step`` is the plain recurrence, one time step at a time. Under float16/bfloat16 autocast the
 pre-activations are upcast to float32, so the gates, the scan and h are float32.

@@ -9,6 +9,9 @@ i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 
 
 * ``scan_impl="log"``: log f' = -softplus(d), log i' = -softplus(-d), solved by
   :func:`rlmin.nn.scan.scan_log` (needs h0 >= 0; exact zeros are clamped to the smallest normal float).
+* ``"auto"`` / ``"sequential"`` on CPU (float32/float64, no autocast): the fused layer path of
+  :func:`rlmin.nn.mingru.layer_scan` (gates, g and scan in one Function, d = logsigmoid(i~) - logsigmoid(f~)),
+  after the Linear as one GEMM (oneDNN for large float32 inputs).
 * anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.mingru.scan_coefficients`,
   fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
