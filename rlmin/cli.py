@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from rlmin.cpu import tune_cpu_allocator
+
 QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
@@ -210,8 +212,6 @@ def _user_error(e: BaseException) -> tuple[int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlmin.cpu import tune_cpu_allocator
-
     """Run one command; returns the exit status.
 
     Errors a user can fix are printed as ``config error: ...`` (status 2: a bad config) or
