@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BACKBONES, OBS_DIM, build_agent, machine_info, machine_line, matched_widths  # noqa: E402
+from bench_train import BACKBONES, OBS_DIM, build_agent, matched_widths  # noqa: E402
+from rlmin.machine import machine_info, machine_line  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
 RECURRENT = {"mingru", "minlstm", "gru", "lstm"}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_train import machine_info, machine_line  # noqa: E402
+from rlmin.machine import machine_info, machine_line  # noqa: E402
 
 BENCHES = ("backbones", "sampler", "train", "act")
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -48,24 +46,13 @@ from pathlib import Path
 import torch
 
 from rlmin.cpu import tune_cpu_allocator
+from rlmin.machine import device_name
 from rlmin.nn import MinGRU, MinLSTM, build_backbone
 
 # The headline rows first: the bare layers and their torch counterparts.
 ROWS = ["mingru_layer", "gru", "minlstm_layer", "lstm", "mingru", "minlstm", "transformer", "mingru_steploop"]
 # (fast row, torch row, T, minimum speedup): the CPU targets for the like-for-like layer comparison.
 TARGETS = [("mingru_layer", "gru", 256, 3.0), ("mingru_layer", "gru", 1024, 5.0)]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()}"
 
 
 class Layer(torch.nn.Module):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from rlmin.data import EpisodeData, SegmentSampler, from_minari
+from rlmin.machine import machine_line
 
 TARGET = 200_000
 
@@ -35,19 +34,6 @@ def synthetic(n_steps: int, obs_dim: int, act_dim: int, seed: int = 0) -> Episod
                  "terminations": np.r_[np.zeros(T - 1, bool), True],
                  "truncations": np.zeros(T, bool)} for T in lengths if T > 0)
     return EpisodeData.from_episodes(episodes, {"dataset_id": f"synthetic-{n_steps}"})
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} logical CPUs | {platform.system()} " \
-           f"{platform.release()} | Python {platform.python_version()} | numpy {np.__version__}"
 
 
 def bench(sampler: SegmentSampler, seconds: float) -> dict:
@@ -79,7 +65,7 @@ def main(argv=None) -> dict:
     cases = [SegmentSampler(data, 20, 256, mode="segment", seed=0),
              SegmentSampler(data, 1000, 16, mode="episode", seed=0)]
     rows = [bench(s, args.seconds) for s in cases]
-    result = {"machine": machine(), "dataset": data.dataset_id, "steps": data.num_steps,
+    result = {"machine": machine_line(), "dataset": data.dataset_id, "steps": data.num_steps,
               "episodes": data.num_episodes, "obs_dim": data.obs_dim, "act_dim": data.act_dim,
               "target_timesteps_per_s": TARGET, "cases": rows}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from rlmin.machine import device_name
 from rlmin.nn.scan import scan, triton_available
 
 B, D = 64, 128
@@ -36,19 +36,6 @@ T_QUICK = (20, 64, 256, 1024)
 # Slow paths: skip above these T (the Python-loop autograd reference and the log path build
 # autograd graphs of T nodes; the log path is also >2x slower than the reference on CPU).
 SLOW_LIMIT = {"cpu": {"reference": 1024, "log": 1024}, "cuda": {"reference": 1024, "log": 4096}}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:

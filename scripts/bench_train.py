@@ -28,40 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rlmin.machine import machine_info, machine_line
+
 BACKBONES = ("mingru", "minlstm", "transformer", "gru", "lstm")
 REFERENCE = ("mingru", 128)  # the backbone and d_model whose parameter count the others match
 OBS_DIM, ACT_DIM, N_LAYERS = 11, 3, 3
-
-
-# ----------------------------------------------------------------------------- machine info
-def machine_info() -> dict:
-    """CPU model (from /proc/cpuinfo), core count, GPU name if any, torch and Python versions."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version(), "host": platform.node()}
-
-
-def machine_line(info: dict) -> str:
-    dev = f"GPU {info['gpu']}" if info.get("gpu") else "no GPU"
-    return (f"machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), {dev} | "
-            f"torch {info['torch']} | Python {info['python']}")
 
 
 # ----------------------------------------------------------------------------- sizes
