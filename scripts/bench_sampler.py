@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
               "episodes": data.num_episodes, "obs_dim": data.obs_dim, "act_dim": data.act_dim,
               "target_timesteps_per_s": TARGET, "cases": rows}
 
-    print(f"machine: {result['machine']}")
+    print(result['machine'])
     print(f"data: {data.dataset_id}, {data.num_steps} steps, {data.num_episodes} episodes, "
           f"obs {data.obs_dim}, act {data.act_dim}")
     print(f"{'mode':<8} {'L':>5} {'B':>4} {'batches/s':>10} {'real steps/s':>14} "
