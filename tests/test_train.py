@@ -194,3 +194,36 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tin
     agent = agent_from_checkpoint(payload)
     assert all(torch.isfinite(p).all() for p in agent.parameters())
     assert not (run / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- backbones by config
+
+@pytest.mark.parametrize("overrides", [
+    ["agent.backbone=minlstm"], ["agent.backbone=transformer"], ["agent.backbone=gru"],
+    ["agent.backbone=lstm"], ["agent.name=bc"], ["agent.token_layout=stacked"],
+    ["agent.backbone=minlstm", "eval.mode=window"],
+])
+def test_one_override_swaps_the_agent(tmp_path, tiny_hopper_id, overrides):
+    run = tmp_path / "run"
+    result = train(tiny(run, tiny_hopper_id, "train.steps=3", *overrides))
+    res = json.loads((run / "results.json").read_text())
+    assert result.step == 3 and res["last_iterate"]["targets"]["100"]["episodes"] == 1
+    expected = {"agent.name=bc": "mlp", "agent.backbone=minlstm": "minlstm",
+                "agent.backbone=transformer": "transformer", "agent.backbone=gru": "gru",
+                "agent.backbone=lstm": "lstm"}.get(overrides[0], "mingru")
+    assert res["backbone"] == expected
+    if "agent.backbone=transformer" in overrides:
+        assert res["act_mode"] == "window"  # the transformer re-runs its window
+    elif "eval.mode=window" in overrides:
+        assert res["act_mode"] == "window"
+
+
+def test_whole_episode_training(tmp_path, tiny_hopper_id, tiny_hopper_data):
+    """data.mode=episode: rows are whole episodes from their first step (what carry acting sees)."""
+    longest = int(tiny_hopper_data.episode_lengths.max())
+    run = tmp_path / "run"
+    result = train(tiny(run, tiny_hopper_id, "data.mode=episode", f"data.seq_len={longest}",
+                        "train.steps=3"))
+    res = json.loads((run / "results.json").read_text())
+    assert result.step == 3 and res["act_mode"] == "carry"
+    assert res["config"]["data"]["mode"] == "episode"
