@@ -370,8 +370,10 @@ def run_label(res: dict) -> str:
         label += f" [episode L={data.get('seq_len')}]"
     if agent.get("token_layout") == "stacked" and res.get("agent") != "bc":
         label += " [stacked]"
-    if res.get("act_mode"):
-        label += f" [act={res['act_mode']}]"
+    act = res.get("act_mode") or cfg.get("eval", {}).get("mode") or agent.get("act_mode")
+    default = "window" if res.get("backbone") == "transformer" else "carry"
+    if act and act != default and res.get("agent") != "bc":
+        label += f" [act={act}]"
     return label
 
 

@@ -297,3 +297,18 @@ def test_task_level_parsing():
     assert repro.task_level(None, "mujoco/walker2d/medium-expert-v0") == ("walker2d", "medium-expert")
     assert repro.task_level("halfcheetah-medium-replay") == ("halfcheetah", "medium-replay")
     assert repro.task_level("mujoco/hopper/simple-v0") is None
+
+
+def test_run_label_names_only_what_differs_from_the_backbone_defaults():
+    from rlmin.repro import run_label
+
+    def res(backbone, act, agent="decision", **cfg):
+        return {"agent": agent, "backbone": backbone, "act_mode": act, "config": cfg}
+
+    assert run_label(res("mingru", "carry")) == "mingru"
+    assert run_label(res("mingru", None, agent={"act_mode": "carry"})) == "mingru"
+    assert run_label(res("mingru", "window")) == "mingru [act=window]"
+    assert run_label(res("transformer", "window")) == "transformer"
+    assert run_label(res("mlp", None, agent="bc")) == "bc"
+    assert run_label(res("mingru", "carry", data={"mode": "episode", "seq_len": 1000})) == \
+        "mingru [episode L=1000]"
