@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BACKBONES, OBS_DIM, build_agent, matched_widths  # noqa: E402
+from bench_train import BACKBONES, OBS_DIM, build_agent, matched_widths, parse_backbones  # noqa: E402
+from rlmin.cpu import tune_cpu_allocator  # noqa: E402
 from rlmin.machine import machine_info, machine_line  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
@@ -85,12 +86,10 @@ def main(argv=None) -> dict:
 
     import torch
 
+    tune_cpu_allocator()  # as `rlmin eval` does (rlmin/cpu.py)
     torch.set_num_threads(args.threads)
     info = machine_info()
-    backbones = args.backbones.split(",")
-    bad = [b for b in backbones if b not in BACKBONES]
-    if bad:
-        ap.error(f"unknown backbones {bad}; choose from {', '.join(BACKBONES)}")
+    backbones = parse_backbones(ap, args.backbones)
     at = [int(t) for t in args.at.split(",")]
     widths = matched_widths(sorted(set(backbones) | {"mingru"}))
     print(machine_line(info))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from rlmin.cpu import tune_cpu_allocator
 from rlmin.machine import device_name
 from rlmin.nn.scan import scan, triton_available
 
@@ -109,11 +110,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.malloc_tune:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 32)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        print(f"mallopt: {'ok' if ok else 'refused'}")
+        print(f"malloc tune: {'on' if tune_cpu_allocator() else 'not available (not glibc)'}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
     Ts = tuple(int(t) for t in args.T.split(",")) if args.T else (T_QUICK if args.quick else T_FULL)

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from rlmin.cpu import tune_cpu_allocator
 from rlmin.machine import machine_info, machine_line
 
 BACKBONES = ("mingru", "minlstm", "transformer", "gru", "lstm")
@@ -100,10 +101,20 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def parse_backbones(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated --backbones list, checked (argparse error on an unknown name)."""
+    backbones = text.split(",")
+    bad = [b for b in backbones if b not in BACKBONES]
+    if bad:
+        ap.error(f"unknown backbones {bad}; choose from {', '.join(BACKBONES)}")
+    return backbones
+
+
 def run_case(spec: dict) -> dict:
     """Time optimizer steps of one (backbone, d_model, L, batch); returns a result row."""
     import torch
 
+    tune_cpu_allocator()  # as `rlmin train` does (rlmin/cpu.py)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = spec.get("device", "cpu")
@@ -187,14 +198,8 @@ def main(argv=None) -> dict:
         args.episode_batch = min(args.episode_batch, 8)
         args.case_timeout = min(args.case_timeout, 180.0)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
+    backbones = parse_backbones(ap, args.backbones)
     info = machine_info()
-    backbones = args.backbones.split(",")
-    bad = [b for b in backbones if b not in BACKBONES]
-    if bad:
-        ap.error(f"unknown backbones {bad}; choose from {', '.join(BACKBONES)}")
     widths = matched_widths(backbones if REFERENCE[0] in backbones else
                             [REFERENCE[0], *backbones])
     print(machine_line(info))
