@@ -6,32 +6,45 @@ trainer and the evaluator treat both alike. It has no memory: the state only cou
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import numpy as np
 import torch
 from torch import nn
 
 from rlmin.agent import Agent, Batch, State
+from rlmin.spec import DataSpec
 
 
 class BCAgent(Agent):
     """MLP (ReLU, dropout) on the normalised state, tanh head, masked MSE to the dataset actions."""
 
-    def __init__(self, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, *,
-                 hidden=(256, 256), dropout: float = 0.1):
-        super().__init__(obs_dim, act_dim, obs_mean, obs_std)
-        if isinstance(hidden, (int, np.integer)) or not all(
-                isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0 for h in hidden):
-            raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        hidden = [int(h) for h in hidden]
-        self.options = {"hidden": hidden, "dropout": float(dropout)}
-        layers, last = [], obs_dim
-        for width in hidden:
-            layers += [nn.Linear(last, width), nn.ReLU(), nn.Dropout(dropout)]
+    @dataclass
+    class Options:
+        hidden: List[int] = field(default_factory=lambda: [256, 256])  # widths of the MLP's layers
+        dropout: float = 0.1  # after every hidden layer
+
+        def __post_init__(self):
+            if isinstance(self.hidden, (int, np.integer, str)) or not all(
+                    isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h > 0
+                    for h in self.hidden):
+                raise ValueError(f"hidden must be a list of positive ints, got {self.hidden!r}")
+            self.hidden = [int(h) for h in self.hidden]
+            if isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+                raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+
+    def __init__(self, spec: DataSpec, options: "BCAgent.Options | None" = None):
+        super().__init__(spec, options)
+        layers, last = [], spec.obs_dim
+        for width in self.options.hidden:
+            layers += [nn.Linear(last, width), nn.ReLU(), nn.Dropout(self.options.dropout)]
             last = width
-        layers += [nn.Linear(last, act_dim), nn.Tanh()]
+        layers += [nn.Linear(last, spec.act_dim), nn.Tanh()]
         self.mlp = nn.Sequential(*layers)
+
+    def label(self) -> str:
+        return "bc"
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Actions for normalised observations [..., obs_dim]."""

@@ -1,190 +1,124 @@
 """The decision agent: Decision-Transformer-style return-conditioned behaviour cloning on any backbone.
 
-The sequence model is ``rlmin.nn.build_backbone(...)``: minGRU / minLSTM (the point of rlmin),
-or the baselines (causal transformer = the Decision Transformer, GRU, LSTM). Each step t of an
-episode carries a return-to-go R_t (raw, divided by ``return_scale`` when embedded), a
-normalised state s_t, an action a_t and a timestep t. The agent predicts a_t.
-
-Token layouts
--------------
-* ``interleaved`` (DT's): tokens (R_1, s_1, a_1, R_2, s_2, a_2, ...); a_t is predicted from the
-  output at the s_t token. Three tokens per step.
-* ``stacked``: one token per step, the sum of the embeddings of R_t, s_t and a_{t-1}
-  (a_{t-1} = zeros at the first step of a sequence); a_t is predicted from its output.
-  Three times shorter.
-Every token of step t gets the timestep embedding of t added (if ``timestep_embedding``), then
-one LayerNorm and dropout. The head is a Linear (tanh by default). The loss is the MSE between
-predicted and dataset actions over the real (mask=True) steps.
-
-Acting (``act_mode``)
----------------------
-* ``carry`` (default for recurrent backbones): the backbone state is carried from the first
-  step of the episode; each ``act`` feeds only the new tokens through ``backbone.step``
-  (interleaved: the previous action's token, then R_t, then s_t; stacked: one token), so the
-  cost of a step does not grow with t. Not available for the transformer (ValueError).
-* ``window`` (default for the transformer; available for every backbone): keep the last K
-  steps of (R, s, a, t) per env and re-run ``backbone.forward`` on that window from a fresh
-  state every step, as DT does. The window is left-aligned (step t of a short window sits at
-  position t, the rest is ignored because the backbone is causal), exactly like a training
-  segment with right padding.
-In both, R_{t+1} = R_t - r_t (the reward of the previous action is subtracted) and t counts the
-steps of each env's episode.
-
-Which training matches which acting
------------------------------------
-* Segment training (K-step windows sampled anywhere in an episode) starts the recurrence from the
-  initial state in the middle of episodes, and (stacked layout) sees a_{t-1} = zeros at the
-  first step of every segment. ``window`` acting presents exactly such inputs: it matches
-  segment training exactly. ``carry`` acting over a 1000-step episode feeds the recurrence
-  states built from hundreds of steps, which segment training never produced: a distribution
-  shift, small or large depending on how quickly the backbone forgets.
-* Whole-episode training (L up to 1000, one episode per row from its first step) matches
-  ``carry`` acting exactly: the same inputs, the same recurrence from the same initial state.
-  The agent's code is the same for both; only the sampler's L differs.
-
-Timesteps beyond the embedding
-------------------------------
-The timestep embedding has ``max_timestep`` rows (timesteps 0 .. max_timestep-1). Larger
-timesteps are CLAMPED to max_timestep-1 (and negative ones, e.g. in padding, to 0) rather than
-raising: an evaluation episode longer than the training data must not crash, and a row the
-model never trained has no better meaning than the last trained one. Set ``max_timestep`` to
-the longest episode of the dataset (1000 for the MuJoCo tasks).
+The sequence model is ``rlmin.nn.build_backbone(...)``: minGRU / minLSTM (the point of rlmin), or
+the baselines (causal transformer = the Decision Transformer, GRU, LSTM). Step t of an episode
+carries a return-to-go R_t (raw, divided by ``return_scale`` when embedded), a normalised state
+s_t, an action a_t and a timestep t; the agent predicts a_t. Token layouts, acting modes and
+which training matches which acting: docs/AGENTS.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from rlmin.agent import Agent, Batch, State
-from rlmin.nn import build_backbone
+from rlmin.nn import BACKBONES, backbone_options, build_backbone, is_recurrent, reset_rows
+from rlmin.spec import DataSpec
 
 LAYOUTS = ("interleaved", "stacked")
-ACT_MODES = ("carry", "window")
 _BACKBONE_KEY = "backbone."  # state keys of the carried backbone state: "backbone.0", "backbone.1", ...
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A [n] bool mask shaped to broadcast over ``like`` [n, ...]."""
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+def _positive_int(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class DecisionAgent(Agent):
-    """Return-conditioned sequence model (DT-style) on a pluggable backbone. See the module docstring.
+    """Return-conditioned sequence model (DT-style) on a pluggable backbone."""
 
-    Options (defaults are DT's for D4RL gym where they apply):
-        backbone ("mingru"): mingru | minlstm | transformer | gru | lstm.
-        d_model (128), n_layers (3): the backbone's width and depth (also the embedding width).
-        backbone_options ({}): passed to ``build_backbone``. ``dropout`` defaults to this agent's
-            ``dropout``; the transformer's ``context`` defaults to the tokens of K steps
-            (3K interleaved, K stacked) and may not be smaller.
-        token_layout ("interleaved"): or "stacked" (module docstring).
-        context_steps (20): K, the steps of a training segment and of the acting window.
-        timestep_embedding (True): add a learned embedding of the step index to every token.
-        max_timestep (1000): rows of that embedding; larger timesteps are clamped (module docstring).
-        return_scale (1000.0): returns-to-go are divided by it before their embedding.
-        act_mode (None): "carry" | "window"; None = carry for recurrent backbones, window otherwise.
-        dropout (0.1): after the embedding LayerNorm (and the backbone's default, above).
-        action_tanh (True): tanh on the action head (dataset actions lie in [-1, 1]).
-    Any unknown option or bad value raises ValueError naming it.
-    """
+    @dataclass
+    class Options:
+        backbone: str = "mingru"  # mingru | minlstm | transformer | gru | lstm
+        d_model: int = 128  # the backbone's width, also the embedding width (DT: 128)
+        n_layers: int = 3  # DT: 3
+        # Passed to rlmin.nn.build_backbone (expansion, conv_kernel, scan_impl, n_heads, ...).
+        backbone_options: Dict[str, Any] = field(default_factory=dict)
+        token_layout: str = "interleaved"  # (R, s, a) tokens as DT, or "stacked": one token per step
+        timestep_embedding: bool = True  # a learned embedding of t added to every token (DT's)
+        return_scale: float = 1000.0  # returns-to-go are divided by it before their embedding
+        act_mode: Optional[str] = None  # carry | window; None: carry if the backbone is recurrent
+        dropout: float = 0.1  # on the embedded tokens (GPT-2's `drop`) and the backbone's default
+        action_tanh: bool = True  # dataset actions lie in [-1, 1]
 
-    def __init__(
-        self,
-        obs_dim: int,
-        act_dim: int,
-        obs_mean=None,
-        obs_std=None,
-        *,
-        backbone: str = "mingru",
-        d_model: int = 128,
-        n_layers: int = 3,
-        backbone_options: dict | None = None,
-        token_layout: str = "interleaved",
-        context_steps: int = 20,
-        timestep_embedding: bool = True,
-        max_timestep: int = 1000,
-        return_scale: float = 1000.0,
-        act_mode: str | None = None,
-        dropout: float = 0.1,
-        action_tanh: bool = True,
-    ):
-        super().__init__(obs_dim, act_dim, obs_mean, obs_std)
-        # ---- validate (ValueError naming the option)
-        if not isinstance(backbone, str):
-            raise ValueError(f"backbone must be a backbone name (str), got {backbone!r}")
-        for name, value in (("d_model", d_model), ("n_layers", n_layers),
-                            ("context_steps", context_steps), ("max_timestep", max_timestep)):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if backbone_options is None:
-            backbone_options = {}
-        if not isinstance(backbone_options, dict):
-            raise ValueError(f"backbone_options must be a dict, got {type(backbone_options).__name__}")
-        if token_layout not in LAYOUTS:
-            raise ValueError(f"token_layout must be one of {LAYOUTS}, got {token_layout!r}")
-        for name, value in (("timestep_embedding", timestep_embedding), ("action_tanh", action_tanh)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be a bool, got {value!r}")
-        if isinstance(return_scale, bool) or not isinstance(return_scale, (int, float, np.floating, np.integer)) \
-                or not return_scale > 0:
-            raise ValueError(f"return_scale must be a positive number, got {return_scale!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if act_mode is not None and act_mode not in ACT_MODES:
-            raise ValueError(f"act_mode must be one of {ACT_MODES} or None (auto), got {act_mode!r}")
+        def __post_init__(self):
+            if self.backbone not in BACKBONES:
+                raise ValueError(f"backbone is {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+            _positive_int("d_model", self.d_model)
+            _positive_int("n_layers", self.n_layers)
+            if not isinstance(self.backbone_options, dict):
+                raise ValueError(f"backbone_options must be a mapping, got {self.backbone_options!r}")
+            self.backbone_options = dict(self.backbone_options)
+            known = backbone_options(self.backbone)
+            unknown = sorted(set(self.backbone_options) - set(known))
+            if unknown:
+                raise ValueError(f"backbone_options {unknown} are not options of backbone "
+                                 f"{self.backbone!r}; its options: {', '.join(known)}")
+            if self.token_layout not in LAYOUTS:
+                raise ValueError(f"token_layout must be one of {LAYOUTS}, got {self.token_layout!r}")
+            if isinstance(self.return_scale, bool) or not self.return_scale > 0:
+                raise ValueError(f"return_scale must be a positive number, got {self.return_scale!r}")
+            if isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+                raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            if self.act_mode is None:
+                self.act_mode = "carry" if is_recurrent(self.backbone) else "window"
+            DecisionAgent.check_act_mode(self, self.act_mode)
 
-        # ---- the backbone; the transformer's context is set from K unless given
-        tokens_per_step = 3 if token_layout == "interleaved" else 1
-        bopts = dict(backbone_options)
-        bopts.setdefault("dropout", float(dropout))
-        if backbone == "transformer":
-            needed = tokens_per_step * int(context_steps)
-            bopts.setdefault("context", needed)
-            if not _is_int(bopts["context"]) or bopts["context"] < needed:
-                raise ValueError(
-                    f"backbone_options.context={bopts['context']!r} is shorter than the {needed} tokens of a "
-                    f"{context_steps}-step window with token_layout={token_layout!r}; leave it unset or raise it")
-        try:
-            self.backbone = build_backbone(backbone, int(d_model), int(n_layers), **bopts)
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"backbone={backbone!r}, backbone_options={bopts!r}: {err}") from err
-        recurrent = bool(getattr(self.backbone, "recurrent", True))
-        if act_mode is None:
-            act_mode = "carry" if recurrent else "window"
-        if act_mode == "carry" and not recurrent:
-            raise ValueError(
-                f"act_mode='carry' needs a recurrent backbone, and backbone={backbone!r} is not recurrent: "
-                "use act_mode='window' (or leave act_mode unset)")
+    act_modes = ("carry", "window")
 
-        self.token_layout, self.act_mode = token_layout, act_mode
-        self.context_steps, self.max_timestep = int(context_steps), int(max_timestep)
-        self.return_scale, self.d_model = float(return_scale), int(d_model)
-        self.options = dict(
-            backbone=backbone, d_model=int(d_model), n_layers=int(n_layers), backbone_options=bopts,
-            token_layout=token_layout, context_steps=int(context_steps),
-            timestep_embedding=timestep_embedding, max_timestep=int(max_timestep),
-            return_scale=float(return_scale), act_mode=act_mode, dropout=float(dropout),
-            action_tanh=action_tanh)
+    @classmethod
+    def check_act_mode(cls, options: "DecisionAgent.Options", mode: str) -> None:
+        if mode not in cls.act_modes:
+            raise ValueError(f"act_mode must be one of {cls.act_modes}, got {mode!r}")
+        if mode == "carry" and not is_recurrent(options.backbone):
+            raise ValueError(f"act_mode 'carry' needs a recurrent backbone; {options.backbone!r} "
+                             "acts by re-running its window: use 'window' (or leave act_mode unset)")
 
-        # ---- embeddings and head
-        self.embed_return = nn.Linear(1, d_model)
-        self.embed_state = nn.Linear(obs_dim, d_model)
-        self.embed_action = nn.Linear(act_dim, d_model)
-        self.embed_timestep = nn.Embedding(max_timestep, d_model) if timestep_embedding else None
-        self.embed_ln = nn.LayerNorm(d_model)
-        self.embed_drop = nn.Dropout(dropout)
-        self.head = nn.Sequential(nn.Linear(d_model, act_dim), *([nn.Tanh()] if action_tanh else []))
+    def __init__(self, spec: DataSpec, options: "DecisionAgent.Options | None" = None):
+        super().__init__(spec, options)
+        o = self.options
+        self.act_mode = o.act_mode
+        self.token_layout, self.return_scale, self.d_model = o.token_layout, float(o.return_scale), o.d_model
+        self.context_steps = spec.seq_len  # K: the acting window is a training segment
+        self.max_timestep = spec.max_episode_steps  # rows of the timestep embedding
+        bopts = {"dropout": float(o.dropout), **o.backbone_options}
+        if o.backbone == "transformer":  # its cache must hold a whole K-step window of tokens
+            bopts.setdefault("context", self.tokens_per_step * self.context_steps)
+            if bopts["context"] < self.tokens_per_step * self.context_steps:
+                raise ValueError(f"backbone_options.context={bopts['context']} is shorter than the "
+                                 f"{self.tokens_per_step * self.context_steps} tokens of a "
+                                 f"{self.context_steps}-step window; leave it unset or raise it")
+        self.backbone = build_backbone(o.backbone, o.d_model, o.n_layers, **bopts)
+
+        d = o.d_model
+        self.embed_return = nn.Linear(1, d)
+        self.embed_state = nn.Linear(spec.obs_dim, d)
+        self.embed_action = nn.Linear(spec.act_dim, d)
+        self.embed_timestep = nn.Embedding(self.max_timestep, d) if o.timestep_embedding else None
+        self.embed_ln = nn.LayerNorm(d)
+        self.embed_drop = nn.Dropout(o.dropout)
+        self.head = nn.Sequential(nn.Linear(d, spec.act_dim), *([nn.Tanh()] if o.action_tanh else []))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return 3 if self.token_layout == "interleaved" else 1
+
+    def label(self) -> str:
+        """``mingru``, ``mingru stacked``, ``mingru (window)``: what sets it apart from the defaults."""
+        o = self.options
+        label = o.backbone + (" stacked" if o.token_layout == "stacked" else "")
+        default = "carry" if is_recurrent(o.backbone) else "window"
+        return label + (f" ({self.act_mode})" if self.act_mode != default else "")
 
     # ================================================================= embeddings
     def _time(self, timesteps: torch.Tensor) -> torch.Tensor | float:
         if self.embed_timestep is None:
             return 0.0
+        # An episode longer than the data's must not crash: past the last row, reuse the last row.
         return self.embed_timestep(timesteps.long().clamp(0, self.max_timestep - 1))
 
     def _emb_return(self, rtg: torch.Tensor) -> torch.Tensor:
@@ -259,8 +193,7 @@ class DecisionAgent(Agent):
         ``win_obs`` [n, K, obs_dim] (normalised), ``win_act`` [n, K, act_dim], ``win_rtg`` [n, K],
         ``win_t`` [n, K] (its fill count is min(t, K)).
         """
-        if not _is_int(n_envs) or n_envs < 1:
-            raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
+        _positive_int("n_envs", n_envs)
         if target_return is None:
             raise ValueError("a DecisionAgent needs a target_return (the return it is asked to achieve)")
         target = self.env_rows(target_return, n_envs, "target_return")
@@ -305,7 +238,8 @@ class DecisionAgent(Agent):
             if done is not None:
                 done = self.env_rows(done, n, "done", torch.bool)
                 fresh = self._fresh_state(state["target"])
-                state = {k: torch.where(_rows(done, v), fresh[k], v) for k, v in state.items()}
+                state = dict(zip(state, reset_rows(tuple(state.values()), done,
+                                                   tuple(fresh[k] for k in state))))
             first = state["t"] == 0
             if reward is None:
                 if not bool(first.all()):
@@ -335,7 +269,7 @@ class DecisionAgent(Agent):
         if self.token_layout == "interleaved":
             # a_{t-1}'s token (timestep t-1), skipped for rows on their first step
             _, after_a = step(self._finish(self.embed_action(prev) + self._time(t - 1)), bstate)
-            bstate = tuple(torch.where(_rows(first, old), old, new) for old, new in zip(bstate, after_a))
+            bstate = reset_rows(after_a, first, bstate)  # rows on their first step had no a_{t-1}
             _, bstate = step(self._finish(self._emb_return(rtg) + time), bstate)
             y, bstate = step(self._finish(self.embed_state(obs) + time), bstate)
         else:
@@ -357,8 +291,9 @@ class DecisionAgent(Agent):
         win_act[rows, last] = torch.where(first[:, None], win_act[rows, last], prev)
         # full windows slide left by one; then this step goes into slot min(fill, K-1)
         full = fill == k
-        win_obs, win_act, win_rtg, win_t = (
-            torch.where(_rows(full, w), w.roll(-1, dims=1), w) for w in (win_obs, win_act, win_rtg, win_t))
+        win_obs, win_act, win_rtg, win_t = reset_rows(
+            (win_obs, win_act, win_rtg, win_t), full,
+            tuple(w.roll(-1, dims=1) for w in (win_obs, win_act, win_rtg, win_t)))
         slot = fill.clamp(max=k - 1)
         win_obs[rows, slot] = obs
         win_act[rows, slot] = 0.0  # a_t is unknown (and unseen by a_t's prediction: causal)
@@ -372,5 +307,4 @@ class DecisionAgent(Agent):
 
     def extra_repr(self) -> str:
         o = self.options
-        return (f"backbone={o['backbone']}, layout={o['token_layout']}, act_mode={o['act_mode']}, "
-                f"K={o['context_steps']}")
+        return f"backbone={o.backbone}, layout={o.token_layout}, act_mode={self.act_mode}, K={self.context_steps}"

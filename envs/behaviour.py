@@ -2,9 +2,15 @@
 
 A policy is the actor of a SAC agent (an MLP giving a tanh-squashed Gaussian), exported as a
 plain state dict plus a metadata dict, so it loads with ``torch.load(weights_only=True)``.
+
+Where policies are looked up: ``envs/policies`` (shipped with the project), or the folder named by
+``RLMIN_POLICIES_DIR``. It holds ``<task>-<level>.pt`` (medium, expert) and, for medium-replay,
+``<task>-replay/`` (a few SAC snapshots and their ``manifest.json``, see
+``envs.builder.make_replay_series``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +73,21 @@ def load_actor(path: str | Path) -> tuple[GaussianActor, dict]:
     return actor, payload["metadata"]
 
 
+#: Environment variable naming another policies folder (e.g. actors you trained yourself).
+POLICIES_DIR_ENV = "RLMIN_POLICIES_DIR"
+SHIPPED_POLICIES_DIR = Path(__file__).parent / "policies"
+
+
+def policies_dir() -> Path:
+    """``RLMIN_POLICIES_DIR`` if set, else the shipped ``envs/policies``."""
+    return Path(os.environ.get(POLICIES_DIR_ENV) or SHIPPED_POLICIES_DIR)
+
+
 def shipped_policy_path(env_name: str, level: str) -> Path:
-    """Path of a behaviour policy shipped inside the project (``envs/policies``)."""
-    return Path(__file__).parent / "policies" / f"{env_name}-{level}.pt"
+    """Path of the behaviour policy for a task and level (``<policies_dir()>/<task>-<level>.pt``)."""
+    return policies_dir() / f"{env_name}-{level}.pt"
+
+
+def replay_series_path(env_name: str) -> Path:
+    """Folder of a task's medium-replay snapshot series (``<policies_dir()>/<task>-replay``)."""
+    return policies_dir() / f"{env_name}-replay"

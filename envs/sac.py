@@ -47,9 +47,22 @@ def evaluate_actor(actor: GaussianActor, env_id: str, episodes: int, seed: int,
     return float(returns.mean()), float(returns.std())
 
 
+def _versions() -> dict:
+    import gymnasium
+    import mujoco
+    import stable_baselines3
+    return {"stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
+            "mujoco": mujoco.__version__, "torch": torch.__version__}
+
+
 def train_sac(env_id: str, run_dir: str | Path, total_steps: int, seed: int = 0,
-              eval_every: int = 5000, eval_episodes: int = 10, hidden=(64, 64)) -> Path:
-    """Train (or resume) SAC on ``env_id`` up to ``total_steps`` environment steps."""
+              eval_every: int = 5000, eval_episodes: int = 10, hidden=(64, 64),
+              critic_hidden=None, learning_starts: int = 100) -> Path:
+    """Train (or resume) SAC on ``env_id`` up to ``total_steps`` environment steps.
+
+    ``hidden`` sizes the actor (the shipped file), ``critic_hidden`` the Q networks (default: the
+    actor's): a wide critic learns faster while the exported actor stays tens of KB.
+    """
     from stable_baselines3 import SAC  # optional dependency
 
     run_dir = Path(run_dir)
@@ -61,8 +74,9 @@ def train_sac(env_id: str, run_dir: str | Path, total_steps: int, seed: int = 0,
         model.load_replay_buffer(buffer_path)
         print(f"resumed at step {model.num_timesteps}", flush=True)
     else:
-        model = SAC("MlpPolicy", env, seed=seed, device="cpu",
-                    policy_kwargs={"net_arch": list(hidden)})
+        critic = list(critic_hidden or hidden)
+        model = SAC("MlpPolicy", env, seed=seed, device="cpu", learning_starts=learning_starts,
+                    policy_kwargs={"net_arch": {"pi": list(hidden), "qf": critic}})
     curve = run_dir / "curve.jsonl"
     while model.num_timesteps < total_steps:
         start = time.time()
@@ -73,14 +87,20 @@ def train_sac(env_id: str, run_dir: str | Path, total_steps: int, seed: int = 0,
         sto = evaluate_actor(actor, env_id, eval_episodes, seed=10_000 + step, deterministic=False)
         save_actor(actor, run_dir / f"actor_{step}.pt",
                    {"env_id": env_id, "sac_steps": step, "seed": seed, "hidden": list(hidden),
-                    "return_deterministic": det[0], "return_stochastic": sto[0]})
+                    "critic_hidden": list(critic_hidden or hidden),
+                    "learning_starts": learning_starts, "episodes": model._episode_num,
+                    "versions": _versions(),
+                    "return_deterministic": det[0], "return_stochastic": sto[0],
+                    "std_stochastic": sto[1]})
         # Checkpoint before logging, so a killed run never logs a step it cannot resume from.
         model.save(run_dir / "sac.tmp.zip")
         model.save_replay_buffer(run_dir / "replay.tmp.pkl")
         (run_dir / "sac.tmp.zip").replace(model_path)
         (run_dir / "replay.tmp.pkl").replace(buffer_path)
         with curve.open("a") as f:
-            f.write(json.dumps({"step": step, "return_det": det[0], "std_det": det[1],
+            # episodes: SAC's training episodes so far, i.e. each snapshot's share of the buffer
+            f.write(json.dumps({"step": step, "episodes": model._episode_num,
+                                "return_det": det[0], "std_det": det[1],
                                 "return_sto": sto[0], "std_sto": sto[1],
                                 "seconds": time.time() - start}) + "\n")
         print(f"step {step}: det {det[0]:.1f} sto {sto[0]:.1f} ({time.time() - start:.0f}s)",

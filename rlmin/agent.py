@@ -1,6 +1,8 @@
 """The interface every agent implements: train on batches, act one environment step at a time.
 
-An agent is an ``nn.Module`` with three jobs:
+An agent is an ``nn.Module`` built as ``cls(spec, options)``: ``spec`` (``rlmin.spec.DataSpec``)
+says what the data gives it, ``options`` is its own dataclass ``cls.Options``, validated once in
+``Options.__post_init__`` (the nanoGPT ``GPTConfig`` pattern). It has three jobs:
 
 * ``loss(batch) -> (loss, metrics)`` on a sampler batch (dict of arrays or tensors):
   ``observations`` [B, L, obs_dim] (already normalised with the dataset's mean/std),
@@ -9,67 +11,96 @@ An agent is an ``nn.Module`` with three jobs:
 * ``reset(n_envs, target_return) -> state`` starts ``n_envs`` episodes.
 * ``act(obs, reward, state, done=None) -> (action, state)`` takes one step for every env.
 
-The state is a dict of tensors, each with ``n_envs`` as dim 0, so an evaluator can keep it
-as it is and never needs to look inside. ``act`` is a pure function of its inputs: it
-returns a new dict and does not change the one passed in.
-
-``obs_mean``/``obs_std`` are buffers, so a saved ``state_dict`` holds the normalisation and
-``act`` can take raw observations. ``options`` holds the resolved constructor options as plain
-values: ``type(agent).build(obs_dim, act_dim, **agent.options)`` followed by
-``load_state_dict`` rebuilds a saved agent.
+The state is a dict of tensors with ``n_envs`` as dim 0, so an evaluator keeps it without
+looking inside; ``act`` returns a new dict. ``obs_mean``/``obs_std`` are buffers: a saved
+``state_dict`` holds the normalisation and ``act`` takes raw observations.
 """
 from __future__ import annotations
 
 import abc
 import contextlib
-import inspect
+import dataclasses
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from rlmin.spec import DataSpec
+
 Batch = dict[str, Any]
 State = dict[str, torch.Tensor]
 
 
 class Agent(nn.Module, abc.ABC):
-    """Base class: normalisation buffers, option handling, and the abstract interface."""
+    """Base class: normalisation buffers, typed options, acting modes, the abstract interface."""
 
-    options: dict[str, Any]
+    @dataclasses.dataclass
+    class Options:
+        """An agent's own options; subclasses declare theirs (typed fields, ``__post_init__``)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None):
+    #: Acting modes an agent offers (e.g. carried state vs window re-run); the first is the default.
+    act_modes: tuple[str, ...] = ()
+
+    def __init__(self, spec: DataSpec, options: "Agent.Options | None" = None):
         super().__init__()
-        for name, value in (("obs_dim", obs_dim), ("act_dim", act_dim)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(np.asarray(obs_mean), dtype=torch.float32)
-        std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(np.asarray(obs_std), dtype=torch.float32)
+        options = self.Options() if options is None else options
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes a {type(self).__name__}.Options, got "
+                            f"{type(options).__name__}")
+        self.spec, self.options = spec, options
+        self.obs_dim, self.act_dim = spec.obs_dim, spec.act_dim
+        mean = torch.zeros(spec.obs_dim) if spec.obs_mean is None else _vector(spec.obs_mean)
+        std = torch.ones(spec.obs_dim) if spec.obs_std is None else _vector(spec.obs_std)
         for name, value in (("obs_mean", mean), ("obs_std", std)):
-            if tuple(value.shape) != (obs_dim,):
-                raise ValueError(f"{name} must have shape ({obs_dim},), got {tuple(value.shape)}")
+            if tuple(value.shape) != (spec.obs_dim,):
+                raise ValueError(f"{name} must have shape ({spec.obs_dim},), got {tuple(value.shape)}")
         if not bool((std > 0).all()):
             raise ValueError("obs_std must be > 0 everywhere (pass the std the sampler divides by)")
-        self.register_buffer("obs_mean", mean.reshape(obs_dim).clone())
-        self.register_buffer("obs_std", std.reshape(obs_dim).clone())
-        self.options = {}
+        self.register_buffer("obs_mean", mean.clone())
+        self.register_buffer("obs_std", std.clone())
+        self.act_mode = self.act_modes[0] if self.act_modes else None
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def option_names(cls) -> list[str]:
-        """The keyword-only options of the constructor (what ``build`` accepts besides the data)."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-    @classmethod
-    def build(cls, obs_dim: int, act_dim: int, obs_mean=None, obs_std=None, **options) -> "Agent":
-        """Construct from data shapes, normalisation and options; unknown options raise ValueError."""
-        known = cls.option_names()
-        unknown = sorted(set(options) - set(known))
+    def options_from_dict(cls, values: dict) -> "Agent.Options":
+        """``cls.Options(**values)``; an unknown key raises ValueError naming it."""
+        known = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known options: {known}")
-        return cls(obs_dim, act_dim, obs_mean, obs_std, **options)
+        return cls.Options(**values)
+
+    def options_dict(self) -> dict:
+        """The options as plain values (for checkpoints and results.json)."""
+        return dataclasses.asdict(self.options)
+
+    def label(self) -> str:
+        """A short name for tables (e.g. the backbone); subclasses say what sets them apart."""
+        return type(self).__name__
+
+    def describe(self) -> dict:
+        """Plain values for results.json: the label and the acting mode in use."""
+        return {"label": self.label(), "act_mode": self.act_mode}
+
+    @contextlib.contextmanager
+    def acting(self, mode: str | None) -> Iterator["Agent"]:
+        """Act in ``mode`` for the duration (None: the agent's own); restored afterwards."""
+        previous = self.act_mode
+        if mode is not None:
+            self.check_act_mode(self.options, mode)
+            self.act_mode = mode
+        try:
+            yield self
+        finally:
+            self.act_mode = previous
+
+    @classmethod
+    def check_act_mode(cls, options: "Agent.Options", mode: str) -> None:
+        """ValueError unless an agent with ``options`` can act in ``mode``."""
+        if mode not in cls.act_modes:
+            offered = ", ".join(cls.act_modes) or "one way only (leave the mode unset)"
+            raise ValueError(f"{cls.__name__} cannot act in mode {mode!r}; its modes: {offered}")
 
     # ----------------------------------------------------------------- the interface
     @abc.abstractmethod
@@ -151,3 +182,7 @@ class Agent(nn.Module, abc.ABC):
         diff = torch.where(mask.unsqueeze(-1), pred - target, 0.0)
         count = mask.sum().clamp_min(1) * pred.shape[-1]
         return diff.pow(2).sum() / count
+
+
+def _vector(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(-1)

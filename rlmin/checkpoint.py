@@ -23,6 +23,7 @@ CPU generator and, when CUDA is available, every CUDA device's generator.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -123,6 +124,23 @@ def _atomic_write(final: Path, write_fn, check_fn=None) -> None:
     _fsync_dir(final.parent)
 
 
+def atomic_write_bytes(final: str | os.PathLike, write_fn) -> None:
+    """Write a file atomically (temp file beside it, fsync, rename); nothing is left on failure.
+    Disk-full errors say so."""
+    final = Path(final)
+    try:
+        _atomic_write(final, write_fn)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on device while writing {final}: free some "
+                                  f"disk space and try again") from e
+        raise
+
+
+def atomic_torch_save(obj: Any, final: str | os.PathLike) -> None:
+    atomic_write_bytes(final, lambda f: torch.save(obj, f))
+
+
 # Exact builtin types only: subclasses such as numpy.float64 (a float) or a str Enum are refused.
 _SAFE_BUILTINS = (str, bytes, int, float, bool, complex, type(None))
 _SAFE_TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
@@ -193,7 +211,13 @@ def save_checkpoint(
                 f"Loader said: {_loader_reason(e)}"
             ) from None
 
-    _atomic_write(final, lambda f: torch.save(payload, f), check if verify else None)
+    try:
+        _atomic_write(final, lambda f: torch.save(payload, f), check if verify else None)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on device while writing {final}: free some "
+                                  f"disk space, then resume the run") from e
+        raise
     _atomic_write(final.parent / LATEST_NAME, lambda f: f.write((final.name + "\n").encode()))
     if keep is not None:
         _prune(run_dir, keep)
@@ -231,8 +255,12 @@ def _loader_reason(e: BaseException) -> str:
 
 
 def _refused_global(e: BaseException) -> bool:
-    """True when the safe unpickler refused a class/function (as opposed to unreadable bytes)."""
-    return isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)
+    """True when the safe unpickler refused a class/function (as opposed to unreadable bytes).
+
+    torch words it "Unsupported global" or "unsupported GLOBAL" depending on the version, so
+    both the exception type and a case-insensitive match on "global" are used.
+    """
+    return isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -250,11 +278,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         reason = _loader_reason(e)
         if _refused_global(e):
             raise CheckpointError(
-                f"checkpoint {path} holds objects that torch.load(weights_only=True) refuses to "
-                f"load ({reason}); arbitrary python objects are never unpickled, for safety. If "
-                f"you wrote this file yourself and trust it, load it with "
-                f"torch.load(..., weights_only=False) and re-save it with only tensors and plain "
-                f"python types."
+                f"refused to load {path}: it holds Python code or objects, not only tensors and "
+                f"plain values, and rlmin never runs code from a checkpoint. Use a file written "
+                f"by rlmin (a run's checkpoints/step_*.pt or `rlmin export`)."
             ) from e
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({reason}). Delete it and resume from "

@@ -7,19 +7,35 @@
     rlmin data list                                       local datasets with steps and scores
     rlmin export CHECKPOINT OUT                           a self-contained policy file
     rlmin quickstart [key=value ...]                      the README's main job
-    rlmin repro run --preset small|full --out DIR          multi-seed grid (rlmin repro run -h)
+    rlmin repro run --grid small|full --out DIR            multi-seed grid (rlmin repro run -h)
     rlmin repro report DIR                                report.md + scores.png + curves.png
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from rlmin.cpu import tune_cpu_allocator
 
-QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+QUICKSTART_CONFIG = CONFIG_ROOT / "quickstart.yaml"
+
+
+class UsageError(ValueError):
+    """A command line that cannot work; the message says what to write instead (exit 2)."""
+
+
+def find_config(name: str) -> Path:
+    """A config path as given, else the same path inside the shipped configs (from any cwd)."""
+    path = Path(name)
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = CONFIG_ROOT / (path.relative_to("configs") if path.parts[0] == "configs" else path)
+    return shipped if shipped.exists() else path
 
 
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
@@ -29,27 +45,24 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_train(args) -> int:
-    from rlmin.config import load_config
+    from rlmin.config import ConfigError, load_config
     from rlmin.train import train
 
+    files, overrides = _split_overrides(args.items)
     if args.resume:
-        if args.items:
-            print("--resume takes no config files or overrides: the run's own config is used.",
-                  file=sys.stderr)
-            return 2
-        result = train(resume=args.resume)
+        if files:
+            raise ConfigError("--resume takes no config files: the run's own config is used "
+                              "(key=value overrides such as train.steps=N extend it)")
+        result = train(resume=args.resume, overrides=overrides)
     else:
-        files, overrides = _split_overrides(args.items)
         for f in files:
             if not Path(f).exists() and not f.endswith((".yaml", ".yml")):
-                from rlmin.config import ConfigError
                 raise ConfigError(f"{f!r} is neither a config file nor a key=value override "
                                   f"(e.g. {f}=VALUE)")
         if not files:
-            print("rlmin train needs a config file, e.g. rlmin train configs/tasks/hopper-medium.yaml "
-                  "configs/backbones/mingru.yaml", file=sys.stderr)
-            return 2
-        result = train(load_config(files, overrides))
+            raise ConfigError("rlmin train needs a config file, e.g. rlmin train "
+                              "configs/tasks/hopper-medium.yaml configs/backbones/mingru.yaml")
+        result = train(load_config([find_config(f) for f in files], overrides))
     if result.results:
         print_results(result.results)
         print(f"results: {result.run_dir / 'results.json'}")
@@ -75,16 +88,42 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rlmin.policy import evaluate_checkpoint
+    from rlmin.evaluate import evaluate_checkpoint
 
+    if args.episodes < 1 or (args.n_envs is not None and args.n_envs < 1):
+        raise UsageError("--episodes and --n-envs must be >= 1")
+    if args.targets and not all(math.isfinite(t) and t >= 0 for t in args.targets):
+        raise UsageError(f"--targets must be finite returns >= 0, got {args.targets}")
+    out = Path(args.out) if args.out else _default_eval_path(Path(args.checkpoint), args)
+    check_output(out, overwrite=args.overwrite)
     res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
                               target_returns=args.targets, seed=args.seed, n_envs=args.n_envs,
                               max_episode_steps=args.max_episode_steps)
     print_results(res)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
-    out.write_text(json.dumps(res, indent=2, default=float))
+    from rlmin.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out, lambda f: f.write(json.dumps(res, indent=2, default=float).encode()))
     print(f"results: {out}")
     return 0
+
+
+def _default_eval_path(checkpoint: Path, args) -> Path:
+    """One file per evaluation setting, next to the checkpoint (a run dir: inside it)."""
+    base = checkpoint / "eval" if checkpoint.is_dir() else checkpoint.parent
+    stem = "latest" if checkpoint.is_dir() else checkpoint.stem
+    mode = args.mode or "default"
+    return base / f"{stem}.{mode}.seed{args.seed}.ep{args.episodes}.eval.json"
+
+
+def check_output(out: Path, overwrite: bool = False) -> None:
+    """Before any work: ``out`` is a writable file path that holds nothing we would lose."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory: give a file name")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or --out another file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"cannot write to {out.parent}: pick another --out")
 
 
 def cmd_export(args) -> int:
@@ -96,12 +135,27 @@ def cmd_export(args) -> int:
 
 
 def cmd_data_build(args) -> int:
-    from rlmin.registry import load_builder
+    from rlmin.data.minari_io import (BuildLockedError, describe_dataset, load_minari,
+                                      reference_note)
+    from rlmin.registry import RegistryError, load_builder
 
+    if args.steps is not None and args.steps <= 0:
+        raise UsageError(f"--steps must be a positive number of steps, got {args.steps}")
     build = load_builder()
-    dataset_id = build(args.env, args.level, n_steps=args.steps, policy_path=args.policy,
-                       sac_run_dir=args.sac_run, seed=args.seed, overwrite=args.overwrite)
-    print(f"built {dataset_id}")
+    extra = {"policies_dir": args.policies_dir} if args.policies_dir else {}  # envs.builder's
+    try:
+        dataset_id = build(args.env, args.level, n_steps=args.steps, policy_path=args.policy,
+                           sac_run_dir=args.sac_run, seed=args.seed, overwrite=args.overwrite,
+                           **extra)
+    except (FileExistsError, RegistryError) as e:  # an existing dataset, an unknown task
+        raise UsageError(str(e)) from e
+    except BuildLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    row = describe_dataset(load_minari(dataset_id))
+    print(f"built {dataset_id} at {row['path']}: {row['steps']:,} steps, {row['episodes']:,} "
+          f"episodes, behaviour return {_fmt(row['behaviour_return'])}")
+    print(reference_note(row))
     return 0
 
 
@@ -112,15 +166,19 @@ def cmd_data_list(args) -> int:
     if not rows:
         print("no local Minari datasets (MINARI_DATASETS_PATH or ~/.minari/datasets)")
         return 0
-    cols = ["id", "steps", "episodes", "behaviour_return", "ref_min", "ref_max"]
+    cols = ["id", "status", "steps", "episodes", "behaviour_return", "ref_min", "ref_max",
+            "normalised"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    print("normalised = 100 * (behaviour_return - ref_min) / (ref_max - ref_min), each row with "
+          "its own ref_min/ref_max (from its metadata; `rlmin data build` prints where they "
+          "came from)")
     return 0
 
 
 def cmd_repro(args) -> int:
-    from rlmin.repro import run_command
+    from rlmin.grid import run_command
 
     return run_command(args)
 
@@ -141,6 +199,9 @@ def print_results(res: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlmin", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rlmin {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks (also RLMIN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a run from YAML configs and key=value overrides")
@@ -155,13 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint in its environment")
     p.add_argument("checkpoint")
     p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--mode", choices=["carry", "window"], default=None)
+    p.add_argument("--mode", default=None, help="acting mode, one of the agent's (e.g. carry, window)")
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--n-envs", type=int, default=None)
     p.add_argument("--max-episode-steps", type=int, default=None,
                    help="episode time limit (default: the task's)")
-    p.add_argument("--out", default=None, help="results JSON (default: next to the checkpoint)")
+    p.add_argument("--out", default=None, help="results JSON (default: next to the checkpoint, "
+                                               "named after mode, seed and episodes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a self-contained policy (no dataset needed)")
@@ -174,39 +237,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("build", help="build a D4RL-style dataset into MINARI_DATASETS_PATH")
     p.add_argument("env", help="hopper | halfcheetah | walker2d")
     p.add_argument("level", help="random | medium | medium-replay | expert | medium-expert")
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--policy", default=None, help="exported behaviour actor (.pt)")
-    p.add_argument("--sac-run", default=None, help="SAC run dir (for medium-replay)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps to collect (default D4RL's: 1M; medium-replay: the SAC run's "
+                        "steps up to the medium policy; medium-expert: each part's)")
+    p.add_argument("--policy", default=None, help="behaviour actor (.pt) for medium or expert")
+    p.add_argument("--sac-run", default=None,
+                   help="medium-replay from this SAC run's replay.pkl instead of the shipped "
+                        "snapshot series")
+    p.add_argument("--policies-dir", default=None,
+                   help="folder of <task>-<level>.pt and <task>-replay/ (default: "
+                        "RLMIN_POLICIES_DIR or the shipped envs/policies)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (kept until the new one is complete)")
     p.set_defaults(func=cmd_data_build)
     p = data.add_parser("list", help="list local datasets")
     p.set_defaults(func=cmd_data_list)
 
-    from rlmin.repro import add_arguments as add_repro_arguments  # light: argparse only
+    from rlmin.grid import add_arguments as add_repro_arguments  # light: argparse only
 
     p = sub.add_parser("repro", help="multi-seed reproduction grids and their report",
                        description="Run a datasets x backbones x seeds grid, resumable and "
-                                   "shardable (--shard i/n), and report it (rlmin.repro).")
+                                   "shardable (--shard i/n), and report it (rlmin.grid, rlmin.report).")
     add_repro_arguments(p)
     p.set_defaults(func=cmd_repro)
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rlmin")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _user_error(e: BaseException) -> tuple[int, str] | None:
     """(exit status, prefix) for errors a user can fix; None for anything else (a bug)."""
-    from rlmin.config import ConfigError
-
-    if isinstance(e, ConfigError):
-        return 2, "config error"
     from rlmin.checkpoint import CheckpointError
+    from rlmin.config import ConfigError
     from rlmin.data.episodes import DataError
     from rlmin.data.minari_io import DatasetNotFoundError
     from rlmin.registry import RegistryError
+    from rlmin.rundir import RunDirError
     from rlmin.train import TrainingError
 
+    if isinstance(e, (ConfigError, UsageError, RunDirError)):
+        return 2, "error"
     if isinstance(e, (DatasetNotFoundError, DataError, CheckpointError, TrainingError,
-                      RegistryError)):
+                      RegistryError, FileNotFoundError, FileExistsError, ValueError)):
+        return 1, "error"
+    if isinstance(e, OSError):  # disk full, permissions, read-only mounts
         return 1, "error"
     return None
 
@@ -214,20 +296,37 @@ def _user_error(e: BaseException) -> tuple[int, str] | None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status.
 
-    Errors a user can fix are printed as ``config error: ...`` (status 2: a bad config) or
-    ``error: ...`` (status 1: a missing or unusable dataset, an unloadable checkpoint, a training
-    run that had to stop), without a traceback; anything else keeps its traceback.
+    A mistake a user can fix is one line on stderr: exit 2 for a bad command line or config, 1
+    for a runtime problem (missing dataset, unloadable checkpoint, a run that had to stop).
+    Tracebacks only with ``--debug`` or ``RLMIN_DEBUG=1``. Ctrl-C/SIGTERM during training save a
+    checkpoint and exit 130/143.
     """
+    from rlmin.interrupts import StopRequested
+
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("RLMIN_DEBUG") == "1"
     tune_cpu_allocator()  # large CPU tensors: no fresh mmap + page faults per step (rlmin/cpu.py)
     try:
         return args.func(args)
+    except StopRequested as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         known = _user_error(e)
-        if known is None:
+        if known is None or debug:
             raise
-        print(f"{known[1]}: {e}", file=sys.stderr)
+        print(f"{known[1]}: {_one_line(e)}", file=sys.stderr)
         return known[0]
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return text
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ under ``include:`` (paths relative to it), merged before its own keys.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -37,30 +39,14 @@ class DataConfig:
 
 
 @dataclass
-class AgentConfig:
-    # Registered agent: "decision" (DT-style over any backbone) or "bc" (MLP behaviour cloning).
-    name: str = "decision"
-    # mingru | minlstm | transformer | gru | lstm
-    backbone: str = "mingru"
-    d_model: int = 128
-    n_layers: int = 3
-    # "interleaved": (R, s, a) tokens as DT; "stacked": one token per step from (R_t, s_t, a_{t-1}).
-    token_layout: str = "interleaved"
-    timestep_embedding: bool = True
-    dropout: float = 0.1
-    # "carry" | "window" | null (carry for recurrent backbones, window for the transformer).
-    act_mode: Optional[str] = None
-    return_scale: float = 1000.0
-    # Passed to rlmin.nn.build_backbone (expansion, conv_kernel, learn_h0, scan_impl, n_heads, ...).
-    backbone_options: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class TrainConfig:
     steps: int = 100_000
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    # "matrices": no decay on norms, biases and embeddings (nanoGPT); "all": every parameter,
+    # as DT's gym code (torch.optim.AdamW(model.parameters(), weight_decay=...)).
+    weight_decay_scope: str = "matrices"
     warmup_steps: int = 10_000
     grad_clip: float = 0.25
     seed: int = 0
@@ -99,22 +85,20 @@ class Config:
     # Where the run writes; null gives runs/<name>-<timestamp>.
     run_dir: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    # agent.name (a registered agent) plus that agent's own options, typed by its Options class.
+    agent: Dict[str, Any] = field(default_factory=lambda: {"name": "decision"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 _CHOICES = {
     "data.mode": ("segment", "episode"),
-    "agent.token_layout": ("interleaved", "stacked"),
-    "agent.act_mode": (None, "carry", "window"),
-    "eval.mode": (None, "carry", "window"),
+    "train.weight_decay_scope": ("matrices", "all"),
 }
-_POSITIVE = ("data.seq_len", "agent.d_model", "agent.n_layers", "train.steps", "train.batch_size",
-             "train.lr", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-             "eval.episodes", "agent.return_scale")
+_POSITIVE = ("data.seq_len", "train.steps", "train.batch_size", "train.lr", "train.log_every",
+             "train.checkpoint_every", "train.keep_checkpoints", "eval.episodes")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
-                 "train.num_threads", "eval.n_envs", "agent.dropout", "eval.max_episode_steps")
+                 "train.num_threads", "eval.n_envs", "eval.max_episode_steps")
 _SCHEMA_HINT = "See rlmin/config.py (or README.md, Config reference) for every key and its type."
 
 
@@ -162,6 +146,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Conf
         reason = str(e).splitlines()[0].strip()
         if not reason.endswith((".", "?", "!")):
             reason += "."
+        if key.endswith("target_returns"):
+            reason += " Write a list, e.g. eval.target_returns=[3600]."
         raise ConfigError(f"config key '{key}' (in {source}): {reason} {_SCHEMA_HINT}") from None
     validate(merged)
     OmegaConf.set_readonly(merged, True)
@@ -180,29 +166,55 @@ def validate(cfg: DictConfig) -> None:
     for key in _NON_NEGATIVE:
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {OmegaConf.select(cfg, key)}")
-    if "carry" in (cfg.agent.act_mode, cfg.eval.mode) and cfg.agent.backbone == "transformer" \
-            and cfg.agent.name == "decision":
-        raise ConfigError("act_mode 'carry' needs a recurrent backbone; the transformer acts "
-                          "by re-running its window: use 'window' (or leave it null)")
-    if not 0 <= cfg.agent.dropout < 1:
-        raise ConfigError(f"config key 'agent.dropout' must be in [0, 1), got {cfg.agent.dropout}")
-    _validate_names(cfg)
+    targets = cfg.eval.target_returns
+    if targets is not None and not all(math.isfinite(t) and t >= 0 for t in targets):
+        raise ConfigError(f"config key 'eval.target_returns' must hold finite returns >= 0, "
+                          f"got {list(targets)}")
+    _validate_agent(cfg)
 
 
-def _validate_names(cfg: DictConfig) -> None:
-    """Registered agent and known backbone: checked here, before any dataset is loaded or built."""
-    from rlmin.registry import AGENTS, names
+def agent_class(cfg: DictConfig):
+    """The registered agent class named by ``cfg.agent.name``."""
+    from rlmin.registry import AGENTS, RegistryError, get, names
 
-    agents = names(AGENTS)
-    if agents and cfg.agent.name not in agents:
-        raise ConfigError(f"config key 'agent.name' is {cfg.agent.name!r}; registered agents: "
-                          f"{', '.join(agents)}")
-    if cfg.agent.name == "decision":
-        from rlmin.nn import BACKBONES
+    name = cfg.agent.get("name")
+    try:
+        return get(AGENTS, name)
+    except RegistryError:
+        raise ConfigError(f"config key 'agent.name' is {name!r}; registered agents: "
+                          f"{', '.join(names(AGENTS)) or '(none)'}") from None
 
-        if cfg.agent.backbone not in BACKBONES:
-            raise ConfigError(f"config key 'agent.backbone' is {cfg.agent.backbone!r}; choose one "
-                              f"of {', '.join(BACKBONES)}")
+
+def agent_options(cfg: DictConfig):
+    """The agent's ``Options`` from ``cfg.agent`` (all but ``name``): typed by OmegaConf from the
+    dataclass (a wrong type names the key), then its ``__post_init__`` checks the values."""
+    cls = agent_class(cfg)
+    values = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"config key 'agent.{unknown[0]}' is not an option of agent "
+                          f"{cfg.agent.name!r}; its options: {', '.join(sorted(known))}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(cls.Options), values)
+        return OmegaConf.to_object(typed)  # builds the dataclass: __post_init__ validates
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key 'agent.{key}': {str(e).splitlines()[0].strip()}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"agent {cfg.agent.name!r} option: {e}") from None
+
+
+def _validate_agent(cfg: DictConfig) -> None:
+    """Registered agent, its options and the eval acting mode: before any dataset is loaded."""
+    if not isinstance(cfg.agent.get("name"), str):
+        raise ConfigError("config key 'agent.name' must name a registered agent, e.g. decision")
+    options = agent_options(cfg)
+    if cfg.eval.mode is not None:
+        try:
+            agent_class(cfg).check_act_mode(options, cfg.eval.mode)
+        except ValueError as e:
+            raise ConfigError(f"config key 'eval.mode': {e}") from None
 
 
 def to_dict(cfg: DictConfig) -> dict:
@@ -210,10 +222,13 @@ def to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def from_dict(data: dict) -> Config:
-    """Rebuild a validated config from ``to_dict`` output (e.g. from a checkpoint)."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+def from_dict(data: dict, overrides: list[str] = ()) -> Config:
+    """Rebuild a validated config from ``to_dict`` output (e.g. from a checkpoint), with
+    ``key=value`` overrides on top."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data),
+                             OmegaConf.from_dotlist(list(overrides)))
     validate(merged)
+    OmegaConf.set_readonly(merged, True)
     return merged
 
 

@@ -8,6 +8,8 @@ returns.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -17,7 +19,8 @@ from rlmin.data.episodes import EpisodeData
 from rlmin.data.minari_io import DatasetNotFoundError, is_local, load_minari
 from rlmin.data.sampler import SegmentSampler
 from rlmin.registry import RegistryError, load_builder
-from rlmin.scores import ReferenceScores, normalized_score, reference_scores
+from rlmin.scores import normalized_score, reference_scores
+from rlmin.spec import DataSpec, EvalSpec
 from rlmin.tasks import D4RL_LEVELS, LOCAL_NAMESPACE, Task, all_tasks, resolve_dataset
 
 _SHORTHAND = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<level>" + "|".join(D4RL_LEVELS) + r")$")
@@ -28,36 +31,40 @@ AUTO_BUILD_STEPS = 100_000
 @dataclass
 class LoadedDataset:
     data: EpisodeData
-    dataset_id: str
-    task: Task | None
-    env_id: str
-    max_episode_steps: int | None
-    ref: ReferenceScores
-    target_returns: tuple[float, ...]
+    eval_spec: EvalSpec
 
-    obs_dim = property(lambda self: self.data.obs_dim)
-    act_dim = property(lambda self: self.data.act_dim)
-    obs_mean = property(lambda self: self.data.obs_mean)
-    obs_std = property(lambda self: self.data.obs_std)
-    ref_min = property(lambda self: self.ref.ref_min)
-    ref_max = property(lambda self: self.ref.ref_max)
+    def agent_spec(self, seq_len: int) -> DataSpec:
+        """What an agent trained on segments of ``seq_len`` steps of this data is built for."""
+        longest = int(self.data.episode_lengths.max()) if self.data.num_episodes else 1
+        return DataSpec(self.data.obs_dim, self.data.act_dim, self.data.obs_mean,
+                        self.data.obs_std, seq_len=int(seq_len),
+                        max_episode_steps=max(self.eval_spec.max_episode_steps or 0, longest))
 
     def sampler(self, data_cfg, batch_size: int, seed: int) -> SegmentSampler:
         return SegmentSampler(self.data, data_cfg.seq_len, batch_size, mode=data_cfg.mode,
                               seed=seed)
 
     def summary(self) -> dict:
-        """Plain values for checkpoints and results.json."""
-        behaviour = self.data.behaviour_return
+        """The data itself, as plain values (checkpoints, results.json): its id, size, behaviour
+        return and a fingerprint that changes when the data does."""
+        spec, behaviour = self.eval_spec, self.data.behaviour_return
         return {
-            "id": self.dataset_id, "env_id": self.env_id, "task": self.task and self.task.name,
-            "obs_dim": self.obs_dim, "act_dim": self.act_dim, "steps": self.data.num_steps, "episodes": self.data.num_episodes,
-            "behaviour_return": behaviour,
-            "behaviour_normalized": normalized_score(behaviour, self.ref_min, self.ref_max),
-            "ref_min": self.ref_min, "ref_max": self.ref_max, "ref_source": self.ref.source,
-            "target_returns": list(self.target_returns),
-            "max_episode_steps": self.max_episode_steps,
+            "id": spec.dataset_id, "steps": self.data.num_steps,
+            "episodes": self.data.num_episodes, "behaviour_return": behaviour,
+            "behaviour_normalized": (normalized_score(behaviour, spec.ref_min, spec.ref_max)
+                                     if spec.ref_min is not None else None),
+            "fingerprint": fingerprint(self.data),
         }
+
+
+def fingerprint(data: EpisodeData) -> str:
+    """A cheap hash of the data: sizes, metadata and a fixed sample of the arrays."""
+    h = hashlib.sha256(f"{data.num_episodes}/{data.num_steps}".encode())
+    h.update(json.dumps(data.metadata, sort_keys=True, default=str).encode())
+    rows = np.linspace(0, max(data.num_steps - 1, 0), num=min(1000, data.num_steps)).astype(int)
+    for array in (data.observations, data.actions, data.rewards):
+        h.update(np.ascontiguousarray(array[rows], dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def resolve_name(name: str) -> tuple[Task | None, str]:
@@ -112,8 +119,18 @@ def load_dataset_for(data_cfg) -> LoadedDataset:
                                    "data.task=<hopper|halfcheetah|walker2d> to choose one")
     ref = reference_scores(data.metadata, task)
     targets = task.target_returns if task else (float(np.max(data.episode_returns)),)
-    return LoadedDataset(data, dataset_id, task, env_id,
-                         task.max_episode_steps if task else None, ref, tuple(targets))
+    spec = EvalSpec(env_id=env_id, max_episode_steps=task.max_episode_steps if task else None,
+                    target_returns=tuple(float(t) for t in targets), ref_min=ref.ref_min,
+                    ref_max=ref.ref_max, ref_source=ref.source, obs_dim=data.obs_dim,
+                    act_dim=data.act_dim, dataset_id=dataset_id, task=task and task.name,
+                    level=level_of(dataset_id))
+    return LoadedDataset(data, spec)
+
+
+def level_of(dataset_id: str) -> str | None:
+    """``medium-replay`` for ``rlmin/hopper/medium-replay-v0`` (D4RL levels only), else None."""
+    match = re.match(r"^(?P<level>[a-z-]+?)(-v\d+)?$", dataset_id.rstrip("/").split("/")[-1])
+    return match["level"] if match and match["level"] in D4RL_LEVELS else None
 
 
 def _unknown_task(name: str):

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from rlmin.scores import normalized_score
+from rlmin.spec import EvalSpec
 
-__all__ = ["episode_seed", "evaluate", "format_results_table", "target_key"]
+__all__ = ["episode_seed", "evaluate", "evaluate_checkpoint", "format_results_table", "target_key"]
 
 DEFAULT_MAX_ENVS = 16
 
@@ -76,8 +77,14 @@ def _to_numpy_action(action: Any, n_envs: int, space: gym.Space) -> np.ndarray:
     return action.astype(space.dtype, copy=False)
 
 
-def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int):
-    """Run the fixed set of ``episodes`` episodes for one target; returns (returns, lengths)."""
+def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int,
+                max_steps: int | None = None):
+    """Run the fixed set of ``episodes`` episodes for one target; returns (returns, lengths).
+
+    ``max_steps``: the episodes' time limit; the loop stops with an error after the steps that
+    many episodes can take, so broken bookkeeping fails instead of running forever.
+    """
+    budget = (math.ceil(episodes / n_envs) + 1) * (max_steps or 1_000_000)
     returns = np.full(episodes, np.nan, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
     # current[j]: the counted episode env j is running, or -1 once its share is done
@@ -89,7 +96,7 @@ def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int
     obs, _ = env.reset(seed=[episode_seed(seed, int(i)) for i in current])
     state = agent.reset(n_envs, target)
     reward_in, done_in = None, None
-    while True:
+    for _ in range(budget):
         action, state = agent.act(obs, reward_in, state, done_in)
         action = _to_numpy_action(action, n_envs, env.single_action_space)
         obs, reward, terminated, truncated, _ = env.step(action)
@@ -116,51 +123,51 @@ def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int
             obs, _ = env.reset(seed=seeds, options={"reset_mask": ended.copy()})
         reward_in = np.where(ended, 0.0, reward)
         done_in = ended
-    assert not np.isnan(returns).any()
+    else:
+        raise RuntimeError(f"evaluation did not finish {episodes} episodes within {budget} env "
+                           f"steps ({remaining} still running): its episode bookkeeping is broken")
     return returns, lengths
 
 
 def evaluate(
     agent: torch.nn.Module,
-    env_id: str,
+    spec: EvalSpec,
     *,
-    target_returns: float | Sequence[float],
     episodes: int,
+    target_returns: float | Sequence[float] | None = None,
     n_envs: int | None = None,
     seed: int = 0,
-    ref_min: float | None = None,
-    ref_max: float | None = None,
     max_episode_steps: int | None = None,
     device: str | torch.device | None = None,
     vectorization_mode: str = "sync",
-    env_kwargs: dict | None = None,
 ) -> dict:
-    """Run ``episodes`` episodes for each target return and summarise them.
+    """Run ``episodes`` episodes for each target return in ``spec.env_id`` and summarise them.
 
     Args:
         agent: follows rlmin's agent contract (``reset(n_envs, target)``, ``act(obs, reward,
             state, done)``); gets raw observations.
-        env_id: a Gymnasium id, e.g. ``"Hopper-v5"``.
-        target_returns: one target or several; each is evaluated separately, on the same seeds.
+        spec: the evaluation spec (env id, time limit, targets, reference scores) of the data.
         episodes: episodes per target.
+        target_returns: one target or several (default: the spec's); each is evaluated
+            separately, on the same seeds.
         n_envs: parallel envs; default ``min(episodes, 16)``; never more than ``episodes``.
         seed: evaluation seed (>= 0); episode ``i`` resets with ``episode_seed(seed, i)``.
-        ref_min, ref_max: reference returns; when both are given, normalised scores
-            ``100 * (R - ref_min) / (ref_max - ref_min)`` are reported too.
-        max_episode_steps: overrides the env's time limit.
-        device: if given, the agent is moved there for the evaluation and moved back afterwards;
-            by default it stays where it is.
+        max_episode_steps: overrides the spec's time limit.
+        device: if given, the agent is moved there for the evaluation and moved back afterwards.
         vectorization_mode: ``"sync"`` (default) or ``"async"`` (one process per env).
-        env_kwargs: extra keyword arguments for ``gym.make``.
 
     Returns:
-        A JSON-ready dict: ``env_id``, ``seed``, ``n_envs``, ``episodes``, ``max_episode_steps``,
-        ``ref_min``, ``ref_max`` and ``targets``: a dict keyed by :func:`target_key` (``"3600"``),
-        in the given order, of one dict per target with ``target_return`` (float), ``episodes``,
-        ``return_mean``, ``return_std``, ``normalized_mean``, ``normalized_std`` (None without
-        reference scores), ``length_mean``, ``returns`` and ``lengths`` (per episode, in episode
-        order). Stds are population stds (ddof=0).
+        A JSON-ready dict: ``env_id``, ``dataset_id``, ``seed``, ``n_envs``, ``episodes``,
+        ``max_episode_steps``, ``ref_min``, ``ref_max``, ``ref_source`` and ``targets``: a dict
+        keyed by :func:`target_key` (``"3600"``), in the given order, of one dict per target with
+        ``target_return``, ``episodes``, ``return_mean``, ``return_std``, ``normalized_mean``,
+        ``normalized_std`` (None without reference scores), ``length_mean``, ``returns`` and
+        ``lengths`` (per episode, in episode order). Stds are population stds (ddof=0).
     """
+    env_id, ref_min, ref_max = spec.env_id, spec.ref_min, spec.ref_max
+    max_episode_steps = max_episode_steps or spec.max_episode_steps
+    if target_returns is None:
+        target_returns = spec.target_returns
     if isinstance(target_returns, (int, float, np.integer, np.floating)):
         target_returns = [target_returns]
     targets = [float(t) for t in target_returns]
@@ -182,8 +189,10 @@ def evaluate(
         raise ValueError("give both ref_min and ref_max, or neither")
     if ref_min is not None and not ref_max > ref_min:
         raise ValueError(f"ref_max ({ref_max}) must exceed ref_min ({ref_min})")
+    if not all(math.isfinite(t) for t in targets):
+        raise ValueError(f"target returns must be finite numbers, got {targets}")
 
-    make_kwargs = dict(env_kwargs or {})
+    make_kwargs = {}
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = int(max_episode_steps)
     elif gym.spec(env_id).max_episode_steps is None:
@@ -209,7 +218,8 @@ def evaluate(
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             for target in targets:
                 torch.manual_seed(seed)
-                returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed)
+                returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed,
+                                               max_episode_steps)
                 entry = {
                     "target_return": target,
                     "episodes": episodes,
@@ -234,33 +244,56 @@ def evaluate(
 
     return {
         "env_id": env_id,
+        "dataset_id": spec.dataset_id,
         "seed": int(seed),
         "n_envs": n_envs,
         "episodes": episodes,
         "max_episode_steps": max_episode_steps,
         "ref_min": None if ref_min is None else float(ref_min),
         "ref_max": None if ref_max is None else float(ref_max),
+        "ref_source": spec.ref_source,
         "targets": per_target,
     }
 
 
-def _fmt(mean: float | None, std: float | None, digits: int) -> str:
+def _fmt(mean: float | None, std: float | None, digits: int, episodes: int) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    spread = "n/a" if episodes < 2 else f"{std:.{digits}f}"  # one episode has no spread
+    return f"{mean:.{digits}f} ± {spread}"
 
 
 def format_results_table(results: dict) -> str:
     """A markdown table of :func:`evaluate`'s results, one row per target return."""
     lines = [
         f"{results['env_id']}, seed {results['seed']}, {results['episodes']} episodes per target",
+        f"dataset {results.get('dataset_id')}: normalised with ref_min {results.get('ref_min')}, "
+        f"ref_max {results.get('ref_max')} ({results.get('ref_source')})",
         "",
         "| target | episodes | return (mean ± std) | normalised (mean ± std) | length |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in results["targets"].values():
         lines.append(
-            f"| {r['target_return']:g} | {r['episodes']} | {_fmt(r['return_mean'], r['return_std'], 1)} "
-            f"| {_fmt(r['normalized_mean'], r['normalized_std'], 1)} | {r['length_mean']:.1f} |"
+            f"| {r['target_return']:g} | {r['episodes']} | {_fmt(r['return_mean'], r['return_std'], 1, r['episodes'])} "
+            f"| {_fmt(r['normalized_mean'], r['normalized_std'], 1, r['episodes'])} | {r['length_mean']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, target_returns=None,
+                        seed: int = 10_000, n_envs: int | None = None,
+                        max_episode_steps: int | None = None) -> dict:
+    """``rlmin eval``: evaluate a training checkpoint, a run dir (its latest checkpoint) or an
+    exported policy in its own environment, acting in ``mode`` (None: the agent's own)."""
+    from rlmin.policy import load_payload, agent_from_payload
+
+    payload, source = load_payload(path)
+    agent = agent_from_payload(payload)
+    spec = EvalSpec.from_dict(payload["eval_spec"])
+    with agent.acting(mode):
+        res = evaluate(agent, spec, target_returns=target_returns, episodes=episodes,
+                       n_envs=n_envs, seed=seed, max_episode_steps=max_episode_steps)
+        res["agent"] = agent.describe()
+    res["checkpoint"] = {"path": str(source), "step": payload.get("step")}
+    return res

@@ -2,7 +2,7 @@
 
 Matplotlib's object API (``matplotlib.figure.Figure`` + ``savefig``) is used, not pyplot, so no
 GUI backend and no global figure state are involved (safe on a headless machine and in tests).
-Inputs are the plain structures of ``rlmin.repro``: ``aggregate`` rows and ``collect_curves``.
+Inputs are the plain structures of ``rlmin.report``: ``dataset_rows`` and ``collect_curves``.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def plot_curves(curves: dict, path, loss_tag: str = "train/loss",
                 ax.set_visible(False)
                 continue
             tag = cols[j]
-            for label in sorted(per_label, key=_label_order):
+            for label in sorted(per_label):
                 series = per_label[label].get(tag)
                 if not series:
                     continue
@@ -130,14 +130,6 @@ def plot_curves(curves: dict, path, loss_tag: str = "train/loss",
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return True
-
-
-_ORDER = ("mingru", "minlstm", "transformer", "gru", "lstm", "bc")
-
-
-def _label_order(label: str):
-    base = label.split(" ")[0]
-    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), label)
 
 
 def _target_value(tag: str, prefix: str) -> float:

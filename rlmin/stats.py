@@ -1,6 +1,6 @@
 """Statistics over runs (seeds) for honest tables: bootstrap confidence intervals and the IQM.
 
-Two choices, stated once here and in every report that uses them:
+The choices, stated once here and in every report that uses them:
 
 * **Confidence interval**: a percentile bootstrap of the mean over runs (Efron): draw ``n``
   runs with replacement ``n_resamples`` times (default 10,000), take the statistic of each
@@ -11,6 +11,10 @@ Two choices, stated once here and in every report that uses them:
   "percentile")`` computes the same interval from a different random stream; the tests compare
   the two when scipy is there.) With 3-5 seeds a percentile bootstrap is narrow (it cannot see
   more spread than the runs show): read it together with the number of runs.
+* **Stratified bootstrap** (rliable's ``StratifiedIndependentBootstrap``, Agarwal et al. 2021),
+  for one number over several tasks: each resample draws, within every task, as many runs as
+  that task has, with replacement, and takes the statistic (the IQM) of the pooled draw. Tasks
+  are never resampled, so every resample holds each task in its own share.
 * **IQM** (interquartile mean): the mean of the middle 50% of the runs, where a run lying across
   the 25% or 75% boundary counts with the fraction of it that lies inside. Sorted values each
   cover an interval of width ``1/n`` on [0, 1]; each is weighted by its overlap with
@@ -27,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["iqm", "bootstrap_ci", "summarize", "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
+__all__ = ["iqm", "bootstrap_ci", "stratified_bootstrap_ci", "summarize", "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -76,24 +80,34 @@ def bootstrap_ci(values: Sequence[float], statistic: str | Callable = "mean",
     reduces the last axis. One value gives the degenerate interval ``(v, v)``; no values raise
     ``ValueError``. Deterministic for a given ``seed``.
     """
-    x = _as_1d(values)
-    if x.size == 0:
-        raise ValueError("bootstrap_ci of no values")
+    return stratified_bootstrap_ci([values], statistic, confidence, n_resamples, seed)
+
+
+def stratified_bootstrap_ci(groups: Sequence[Sequence[float]], statistic: str | Callable = "iqm",
+                            confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES,
+                            seed: int = DEFAULT_SEED) -> tuple[float, float]:
+    """Percentile CI of ``statistic`` over the pooled runs of ``groups`` (one list of runs per
+    task), resampling runs within each group (module docstring). One group is the plain
+    bootstrap of :func:`bootstrap_ci`, with the same random stream."""
+    xs = [_as_1d(g) for g in groups]
+    if not xs or any(x.size == 0 for x in xs):
+        raise ValueError("a bootstrap needs at least one value in every group")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     fn = _STATISTICS[statistic] if isinstance(statistic, str) else statistic
-    if x.size == 1:
-        v = float(fn(x, axis=-1))
+    pooled = np.concatenate(xs)
+    if all(x.size == 1 for x in xs):  # nothing to resample
+        v = float(fn(pooled, axis=-1))
         return v, v
     rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples)
-    chunk = max(1, 1_000_000 // x.size)  # bound the index array's memory
+    chunk = max(1, 1_000_000 // pooled.size)  # bound the index arrays' memory
     for start in range(0, n_resamples, chunk):
         stop = min(n_resamples, start + chunk)
-        idx = rng.integers(0, x.size, size=(stop - start, x.size))
-        stats[start:stop] = fn(x[idx], axis=-1)
+        draw = [x[rng.integers(0, x.size, size=(stop - start, x.size))] for x in xs]
+        stats[start:stop] = fn(np.concatenate(draw, axis=-1), axis=-1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(low), float(high)

@@ -3,8 +3,12 @@
     python scripts/bench_scan.py --quick            # CPU: a couple of minutes
     python scripts/bench_scan.py                    # all sizes; on CUDA includes Triton and GB/s
     python scripts/bench_scan.py --out runs/bench/scan.json --impls sequential,triton
+    python scripts/bench_scan.py --device cuda --B 64 --D 1024 --T 4096 --ct 16,32   # tile sizes compared
 
-Shapes are B=64, D=128, T in {20, 64, 256, 1024, 4096} (``--quick``: T <= 1024, fewer repeats).
+Shapes are B=64, D=128, T in {20, 64, 256, 1024, 4096} (``--quick``: T <= 1024, fewer repeats;
+``--B``, ``--D``, ``--T`` change them). ``--ct 16,32`` adds the rows ``triton_ct16``, ``triton_ct32``:
+the Triton scan with that many timesteps per tile in both kernels (``triton`` keeps the defaults of
+rlmin.nn.scan_triton, or RLMIN_TRITON_CT_FWD / _BWD); every Triton row records the tile sizes it ran.
 Inputs are a in [0.5, 1), b in [0.1, 1.1) (positive, so the log-space path is valid); the
 backward is driven by a fixed random dL/dh. Every impl's output is checked against the
 sequential path (or the reference where it runs) and the largest difference is reported.
@@ -12,7 +16,8 @@ sequential path (or the reference where it runs) and the largest difference is r
 "Bytes" is the minimum traffic of fwd+bwd: the forward reads a, b and writes h (3 tensors), the
 backward reads dL/dh, a, h and writes grad_a, grad_b (5 tensors). On CUDA, GB/s is that over the
 measured time, next to a copy (``torch.empty_like(x).copy_(x)``, 2 tensors) measured in the
-same run. On CPU the per-step overhead dominates, so GB/s is not reported.
+same run, and ``frac_of_copy`` is their ratio (the GPU target: >= 0.5 for the Triton scan at B=64,
+T=4096, D=1024). On CPU the per-step overhead dominates, so GB/s is not reported.
 
 This is a script, not a test: it asserts nothing about time.
 """
@@ -58,36 +63,55 @@ def timeit(fn, device: torch.device, reps: int, warmup: int) -> list[float]:
     return out
 
 
-def make_inputs(T: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    a = (torch.rand(B, T, D, generator=g) * 0.5 + 0.5).to(device, dtype)
-    b = (torch.rand(B, T, D, generator=g) + 0.1).to(device, dtype)
-    gh = torch.randn(B, T, D, generator=g).to(device, dtype)
+def tile_sizes_of(impl: str, dtype: torch.dtype) -> tuple[int, int] | None:
+    """(CT fwd, CT bwd) a Triton row runs with; None for the other impls."""
+    if not impl.startswith("triton"):
+        return None
+    from rlmin.nn.scan_triton import tile_sizes
+
+    ct = int(impl.removeprefix("triton_ct")) if impl.startswith("triton_ct") else None
+    return tile_sizes(dtype, ct, ct)
+
+
+def run_scan(impl: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if impl.startswith("triton_ct"):  # the Triton scan at one tile size for both kernels
+        from rlmin.nn.scan_triton import scan_triton
+
+        ct = int(impl.removeprefix("triton_ct"))
+        return scan_triton(a, b, ct_fwd=ct, ct_bwd=ct)
+    return scan(a, b, impl=impl)
+
+
+def make_inputs(B: int, T: int, D: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator(device=device).manual_seed(seed)  # on the device: GiB-sized inputs on CUDA
+    a = (torch.rand(B, T, D, generator=g, device=device) * 0.5 + 0.5).to(dtype)
+    b = (torch.rand(B, T, D, generator=g, device=device) + 0.1).to(dtype)
+    gh = torch.randn(B, T, D, generator=g, device=device).to(dtype)
     return a, b, gh
 
 
-def bench_one(impl: str, T: int, device, dtype, reps: int, warmup: int, judge=None):
-    a, b, gh = make_inputs(T, device, dtype)
+def bench_one(impl: str, B: int, T: int, D: int, device, dtype, reps: int, warmup: int, judge=None):
+    a, b, gh = make_inputs(B, T, D, device, dtype)
     a.requires_grad_()
     b.requires_grad_()
 
     def fwd():
         with torch.no_grad():
-            scan(a, b, impl=impl)
+            run_scan(impl, a, b)
 
     def fwd_bwd():
         a.grad = b.grad = None
-        scan(a, b, impl=impl).backward(gh)
+        run_scan(impl, a, b).backward(gh)
 
     t_fwd = timeit(fwd, device, reps, warmup)
     t_fb = timeit(fwd_bwd, device, reps, warmup)
     with torch.no_grad():
-        h = scan(a, b, impl=impl)
+        h = run_scan(impl, a, b)
     err = None if judge is None else (h.float() - judge.float()).abs().max().item()
     return {"fwd_s": t_fwd, "fwd_bwd_s": t_fb}, h, err
 
 
-def copy_gbps(T: int, device, dtype, reps: int, warmup: int) -> float:
+def copy_gbps(B: int, T: int, D: int, device, dtype, reps: int, warmup: int) -> float:
     x = torch.randn(B, T, D, device=device, dtype=dtype)
     ts = timeit(lambda: torch.empty_like(x).copy_(x), device, reps, warmup)
     return 2 * x.numel() * x.element_size() / statistics.median(ts) / 1e9
@@ -98,8 +122,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="T <= 1024 and fewer repeats (a couple of minutes on CPU)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
-    p.add_argument("--impls", default=None, help="comma-separated subset of: sequential,triton,reference,log")
+    p.add_argument("--impls", default=None,
+                   help="comma-separated subset of: sequential,triton,reference,log,triton_ct<N>")
     p.add_argument("--T", default=None, help="comma-separated sequence lengths (overrides the defaults)")
+    p.add_argument("--B", type=int, default=B, help=f"batch (default {B})")
+    p.add_argument("--D", type=int, default=D, help=f"channels (default {D})")
+    p.add_argument("--ct", default=None,
+                   help="comma-separated Triton tile sizes to compare (adds rows triton_ct<N>; CUDA or interpreter)")
     p.add_argument("--reps", type=int, default=None, help="timed repeats per case (default 5 quick / 10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--malloc-tune", action="store_true",
@@ -112,6 +141,9 @@ def main(argv=None) -> int:
     if args.malloc_tune:
         print(f"malloc tune: {'on' if tune_cpu_allocator() else 'not available (not glibc)'}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    nB, nD = args.B, args.D
     dtype = getattr(torch, args.dtype)
     Ts = tuple(int(t) for t in args.T.split(",")) if args.T else (T_QUICK if args.quick else T_FULL)
     reps = args.reps or (5 if args.quick else 10)
@@ -121,34 +153,38 @@ def main(argv=None) -> int:
         impls.insert(0, "triton")
     if args.impls:
         impls = [i for i in args.impls.split(",") if i]
+    if args.ct:
+        impls += [f"triton_ct{int(c)}" for c in args.ct.split(",") if f"triton_ct{int(c)}" not in impls]
     limits = SLOW_LIMIT[device.type]
 
     meta = {
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
         "python": sys.version.split()[0], "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "dtype": args.dtype, "B": B, "D": D, "T": list(Ts), "reps": reps, "malloc_tune": args.malloc_tune,
+        "dtype": args.dtype, "B": nB, "D": nD, "T": list(Ts), "reps": reps, "malloc_tune": args.malloc_tune,
         "timing": "per-call seconds for every rep; *_ms = median, *_min_ms = best; fwd under no_grad, "
                   "fwd_bwd = forward + backward(dL/dh)",
     }
-    if "triton" in impls:
+    if any(i.startswith("triton") for i in impls):
         import triton
 
         meta["triton"] = triton.__version__
+        meta["tile_sizes"] = {i: tile_sizes_of(i, dtype) for i in impls if i.startswith("triton")}
     print(f"device: {meta['device']} ({device.type}); torch {torch.__version__}; dtype {args.dtype}; "
-          f"B={B} D={D}; threads={meta['threads']}; reps={reps}")
+          f"B={nB} D={nD}; threads={meta['threads']}; reps={reps}"
+          + (f"; Triton tiles (CT fwd, bwd) {meta['tile_sizes']}" if "tile_sizes" in meta else ""))
 
     rows, skipped = [], []
     for T in Ts:
         judge, judge_name = None, None
-        copy_bw = copy_gbps(T, device, dtype, reps, warmup) if device.type == "cuda" else None
-        nbytes = 8 * B * T * D * torch.empty((), dtype=dtype).element_size()
+        copy_bw = copy_gbps(nB, T, nD, device, dtype, reps, warmup) if device.type == "cuda" else None
+        nbytes = 8 * nB * T * nD * torch.empty((), dtype=dtype).element_size()
         # Judge first: the reference where it runs, else the sequential path.
         order = sorted(impls, key=lambda i: {"reference": 0, "sequential": 1}.get(i, 2))
         for impl in order:
             if T > limits.get(impl, 1 << 60):
                 skipped.append({"impl": impl, "T": T, "why": f"T > {limits[impl]}: too slow to be worth timing"})
                 continue
-            res, h, err = bench_one(impl, T, device, dtype, reps, warmup, judge)
+            res, h, err = bench_one(impl, nB, T, nD, device, dtype, reps, warmup, judge)
             if judge is None:
                 judge, judge_name = h, impl
             del h
@@ -156,14 +192,17 @@ def main(argv=None) -> int:
                    "fwd_ms": statistics.median(res["fwd_s"]) * 1e3,
                    "fwd_bwd_ms": statistics.median(res["fwd_bwd_s"]) * 1e3,
                    "fwd_min_ms": min(res["fwd_s"]) * 1e3, "fwd_bwd_min_ms": min(res["fwd_bwd_s"]) * 1e3,
-                   "max_abs_diff": err, "judge": judge_name, "bytes_fwd_bwd": nbytes}
+                   "max_abs_diff": err, "judge": judge_name, "bytes_fwd_bwd": nbytes,
+                   "B": nB, "D": nD, "tile_sizes": tile_sizes_of(impl, dtype)}
             if device.type == "cuda":
                 row["gbps"] = nbytes / (row["fwd_bwd_ms"] / 1e3) / 1e9
                 row["copy_gbps"] = copy_bw
+                row["frac_of_copy"] = row["gbps"] / copy_bw
             rows.append(row)
             print(f"  T={T:5d} {impl:10s} fwd {row['fwd_ms']:9.3f} ms  fwd+bwd {row['fwd_bwd_ms']:9.3f} ms "
                   f"(median; best {row['fwd_bwd_min_ms']:.3f})"
-                  + (f"  {row['gbps']:7.1f} GB/s (copy {copy_bw:.1f})" if device.type == "cuda" else ""), flush=True)
+                  + (f"  {row['gbps']:7.1f} GB/s (copy {copy_bw:.1f}, {row['frac_of_copy']:.0%})"
+                     if device.type == "cuda" else ""), flush=True)
         del judge
 
     # Table: fwd+bwd ms per impl, and speed-up of each over the reference loop.

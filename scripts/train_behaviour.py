@@ -29,11 +29,16 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=5000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    p.add_argument("--critic-hidden", type=int, nargs="+", default=None,
+                   help="Q-network widths (default: --hidden)")
+    p.add_argument("--learning-starts", type=int, default=100,
+                   help="random-action steps before SAC updates (SB3's default 100)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     train_sac(args.env_id, args.run_dir, args.steps, seed=args.seed, eval_every=args.eval_every,
-              eval_episodes=args.eval_episodes, hidden=tuple(args.hidden))
+              eval_episodes=args.eval_episodes, hidden=tuple(args.hidden),
+              critic_hidden=args.critic_hidden, learning_starts=args.learning_starts)
 
 
 if __name__ == "__main__":

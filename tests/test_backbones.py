@@ -13,6 +13,10 @@ VARIANTS = [(n, {}) for n in NAMES] + [
     ("mingru", {"conv_kernel": 4, "learn_h0": True, "expansion": 2, "norm": "rmsnorm"}),
     ("minlstm", {"conv_kernel": 3, "learn_h0": True}),
     ("mingru", {"conv_kernel": 1}),
+    ("mingru", {"conv_kernel": 4, "conv_layout": "official", "learn_h0": True, "norm": "rmsnorm"}),
+    ("minlstm", {"conv_kernel": 3, "conv_layout": "official"}),
+    ("mingru", {"conv_kernel": 1, "conv_layout": "official"}),
+    ("transformer", {"position_embedding": True, "activation": "gelu", "init": "gpt2", "n_heads": 2}),
 ]
 IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in VARIANTS]
 
@@ -129,9 +133,11 @@ def test_layer_parameter_counts(d_in, d_hidden):
     assert sum(p.numel() for p in MinLSTM(d_in, d_hidden).parameters()) == 3 * d_hidden * (d_in + 1)
 
 
-@pytest.mark.parametrize("scan_impl", ["auto", "log"])
+# step vs forward at T=4096 in float32: the linear scan does the step's arithmetic (measured: 0 apart);
+# the log-space path exponentiates sums of thousands of logs (measured: 2e-3 apart).
+@pytest.mark.parametrize("scan_impl,rtol", [("auto", 1e-6), ("log", 1e-2)])
 @pytest.mark.parametrize("layer_cls,n_gates", [(MinGRU, 2), (MinLSTM, 3)])
-def test_state_stays_positive_and_finite_at_extreme_preactivations(layer_cls, n_gates, scan_impl):
+def test_state_stays_positive_and_finite_at_extreme_preactivations(layer_cls, n_gates, scan_impl, rtol):
     """T=4096, every pre-activation +-30 (a random sign per step and unit), h0 > 0, float32."""
     torch.manual_seed(0)
     B, T, H = 2, 4096, 8
@@ -150,7 +156,7 @@ def test_state_stays_positive_and_finite_at_extreme_preactivations(layer_cls, n_
         for t in range(T):
             hs = layer.step(x[:, t], hs)
             assert (hs > 0).all() and torch.isfinite(hs).all()
-        torch.testing.assert_close(hs, h_last.detach(), rtol=1e-2, atol=0)
+        torch.testing.assert_close(hs, h_last.detach(), rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("layer_cls", [MinGRU, MinLSTM])
@@ -183,6 +189,120 @@ def test_log_scan_matches_default_backbone(name, options):
     torch.testing.assert_close(l32(x.float())[0], m32(x.float())[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layer_cls", [MinGRU, MinLSTM])
+def test_log_scan_gradient_at_zero_h0(layer_cls):
+    """A fresh state (h0 = 0) gets its true gradient on the log path (it used to be clamped to `tiny`: 0)."""
+    torch.manual_seed(0)
+    log, ref = layer_cls(6, 5, scan_impl="log").double(), layer_cls(6, 5, scan_impl="reference").double()
+    ref.load_state_dict(log.state_dict())
+    x = torch.randn(2, 7, 6, dtype=torch.float64)
+    for h0 in (torch.zeros(2, 5, dtype=torch.float64), -torch.rand(2, 5, dtype=torch.float64)):  # any sign
+        assert torch.autograd.gradcheck(lambda h0: log(x, h0)[0], (h0.clone().requires_grad_(),))
+        grads = []
+        for layer in (log, ref):
+            h0r = h0.clone().requires_grad_()
+            layer(x, h0r)[0].sum().backward()
+            grads.append(h0r.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+        assert grads[0].abs().min() > 0
+
+
+LAYER_PATHS = ["auto", "sequential", "reference", "log", "triton"]
+
+
+@pytest.mark.parametrize("scan_impl", LAYER_PATHS)
+@pytest.mark.parametrize("layer_cls", [MinGRU, MinLSTM])
+def test_every_layer_path_checks_inputs_the_same_way(layer_cls, scan_impl):
+    """The fused CPU path used to broadcast an h0 of shape [1, H] (the others raised) and fail on T=0 with an
+    IndexError: every path now raises the same ValueError, before any scan runs (triton included, on CPU)."""
+    layer = layer_cls(4, 3, scan_impl=scan_impl)
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(ValueError, match=r"h0 must be \[B, d_hidden\] = \(2, 3\) \(no broadcasting\); got shape \(1, 3\)"):
+        layer(x, torch.rand(1, 3))
+    with pytest.raises(ValueError, match=r"h0 must be .*got shape \(2, 4\)"):
+        layer(x, torch.rand(2, 4))
+    with pytest.raises(ValueError, match=r"x must be \[B, T, 4\] with T >= 1; got shape \(2, 0, 4\)"):
+        layer(x[:, :0])
+    with pytest.raises(ValueError, match=r"x must be \[B, T, 4\] with T >= 1; got shape \(2, 5, 3\)"):
+        layer(x[..., :3])
+    with pytest.raises(ValueError, match=r"x must be \[B, T, 4\] with T >= 1; got shape \(5, 4\)"):
+        layer(x[0])
+    with pytest.raises(ValueError, match=r"h must be \[B, d_hidden\] = \(2, 3\) \(no broadcasting\)"):
+        layer.step(x[:, 0], torch.rand(1, 3))
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("options", [{}, {"conv_kernel": 3}, {"conv_kernel": 3, "conv_layout": "official"}],
+                         ids=["plain", "conv-branch", "conv-official"])
+def test_minrnn_backbone_refuses_empty_sequences(name, options):
+    model = make(name, 8, **options)
+    with pytest.raises(ValueError, match=r"x must be \[B, T, 8\] with T >= 1; got shape \(2, 0, 8\)"):
+        model(torch.randn(2, 0, 8, dtype=torch.float64))
+
+
+def _official_conv(block, x):
+    """lucidrains' / BorealisAI's CausalDepthWiseConv1d, written from their code: pad k-1 zeros on the left,
+    depthwise Conv1d(k, groups=d), then pointwise Conv1d(1)."""
+    import torch.nn.functional as F
+
+    conv = block.conv
+    y = F.conv1d(F.pad(x.transpose(1, 2), (conv.kernel - 1, 0)), conv.conv.weight, conv.conv.bias,
+                 groups=x.shape[-1])
+    y = F.conv1d(y, conv.pointwise.weight.unsqueeze(-1), conv.pointwise.bias)  # 1x1 conv = the Linear's weights
+    return y.transpose(1, 2)
+
+
+@pytest.mark.parametrize("layout", ["branch", "official"])
+def test_conv_layouts_are_the_blocks_they_say(layout):
+    """One block written out by hand: official = x + conv(x) before norm1 (depthwise then pointwise, as the
+    official code); branch = a depthwise conv on norm1(x) inside the minRNN branch, no residual of its own."""
+    import torch.nn.functional as F
+
+    model = make("mingru", 12, n_layers=1, conv_kernel=3, conv_layout=layout)
+    block = model.blocks[0]
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    with torch.no_grad():
+        if layout == "official":
+            x1 = x + _official_conv(block, x)
+            u = block.norm1(x1)
+        else:
+            x1 = x
+            c = block.conv.conv
+            u = F.conv1d(F.pad(block.norm1(x).transpose(1, 2), (2, 0)), c.weight, c.bias, groups=12).transpose(1, 2)
+            assert block.conv.pointwise is None
+        h, _ = block.rnn(u)
+        x2 = x1 + block.proj(h)
+        want = model.norm(x2 + block.mlp(block.norm2(x2)))
+        got, _ = model(x)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name,options", [("mingru", {}), ("minlstm", {}), ("mingru", {"scan_impl": "log"}),
+                                          ("mingru", {"conv_kernel": 3, "conv_layout": "official",
+                                                      "learn_h0": True}),
+                                          ("transformer", {}), ("gru", {}), ("lstm", {})],
+                         ids=["mingru", "minlstm", "mingru-log", "mingru-conv-official-h0", "transformer", "gru",
+                              "lstm"])
+def test_model_cast_to_bf16_matches_float32(name, options):
+    """A backbone cast with .to(torch.bfloat16) (not autocast) runs forward and step, and its values are the
+    float32 model's to bf16 accuracy (a few bf16 roundings of the output's scale), not only finite."""
+    import copy
+
+    model = make(name, 32, dtype=torch.float32, **options)
+    m16 = copy.deepcopy(model).to(torch.bfloat16)
+    x = torch.randn(3, 40, 32)
+    with torch.no_grad():
+        want, _ = model(x)
+        got, state = m16(x.bfloat16())
+        steps, _ = run_steps(m16, x.bfloat16())
+    assert got.dtype == torch.bfloat16 and steps.dtype == torch.bfloat16
+    tol = 4 * 2**-8 * want.abs().max().item()  # measured: about 2 bf16 roundings of max|y|
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=0)
+    torch.testing.assert_close(steps.float(), want, atol=tol, rtol=0)
+    if name in ("mingru", "minlstm"):  # the state is kept as the scan computes it, in float32
+        assert state[0].dtype == torch.float32 and m16.initial_state(3)[0].dtype == torch.float32
+
+
 def test_learned_h0_gets_gradients():
     model = make("mingru", 16, learn_h0=True)
     y, _ = model(torch.randn(2, 10, 16, dtype=torch.float64))
@@ -196,7 +316,9 @@ def test_options_have_defaults():
         opts = backbone_options(name)
         assert build_backbone(name, 8, 1, **opts) is not None
     assert set(BACKBONES) == set(NAMES)
-    assert backbone_options("transformer") == {"n_heads": 1, "dropout": 0.1, "context": 60}
+    assert backbone_options("transformer") == {"n_heads": 1, "dropout": 0.1, "context": 60,
+                                               "position_embedding": False, "input_dropout": 0.0,
+                                               "activation": "relu", "init": "dt"}
 
 
 @pytest.mark.parametrize("call,match", [
@@ -213,6 +335,11 @@ def test_options_have_defaults():
     (lambda: build_backbone("minlstm", 16, 1, norm="batchnorm"), r"norm must be one of layernorm, rmsnorm"),
     (lambda: build_backbone("mingru", 16, 1, expansion=0), r"expansion must be a positive number"),
     (lambda: build_backbone("mingru", 16, 1, conv_kernel=-1), r"conv_kernel must be an integer >= 0"),
+    (lambda: build_backbone("mingru", 16, 1, conv_layout="lucid"), r"conv_layout must be one of branch, official"),
+    (lambda: build_backbone("transformer", 16, 1, activation="tanh"), r"activation must be one of gelu, relu"),
+    (lambda: build_backbone("transformer", 16, 1, init="xavier"), r"init must be one of dt, gpt2, torch"),
+    (lambda: build_backbone("transformer", 16, 1, position_embedding=1), r"position_embedding must be True or"),
+    (lambda: build_backbone("transformer", 16, 1, input_dropout=1.0), r"dropout must be a number in \[0, 1\)"),
     (lambda: build_backbone("transformer", 16, 1, n_heads=3), r"n_heads must divide d_model"),
     (lambda: build_backbone("transformer", 16, 1, context=0), r"context must be a positive integer"),
     (lambda: MinGRU(0, 4), r"d_in must be a positive integer"),
@@ -254,7 +381,8 @@ def test_runs_under_bf16_autocast(name):
 def test_fused_scan_coefficients_match_composed_ops_and_gradcheck(lstm):
     import torch.nn.functional as F
 
-    from rlmin.nn.mingru import g, scan_coefficients
+    from rlmin.nn.fused import scan_coefficients
+    from rlmin.nn.mingru import g
 
     torch.manual_seed(0)
     n = 3 if lstm else 2
@@ -271,7 +399,7 @@ def test_fused_scan_coefficients_match_composed_ops_and_gradcheck(lstm):
 
 
 # ---------------------------------------------------------------------------------------------
-# The CPU-fast layer path (rlmin.nn.mingru: oneDNN linear + fused gates/scan) against plain torch
+# The CPU-fast layer path (rlmin.nn.fused: oneDNN linear + fused gates/scan) against plain torch
 # ---------------------------------------------------------------------------------------------
 
 
@@ -313,7 +441,7 @@ def _layer_value_and_grads(fn, layer, x, h0, w):
 def test_fused_layer_matches_plain_torch_layer(layer_cls, with_h0, dtype, B, T, tol):
     """Value and every gradient (x, W, bias, h0) of the default CPU path against the plainly written layer;
     float32 with B*T >= 1024 goes through the oneDNN linear; T=150/300 crosses several scan chunks."""
-    from rlmin.nn.mingru import fused_scan_ok
+    from rlmin.nn.fused import fused_scan_ok
 
     torch.manual_seed(0)
     layer = layer_cls(12, 20).to(dtype)
@@ -335,20 +463,20 @@ def test_fused_layer_matches_plain_torch_layer(layer_cls, with_h0, dtype, B, T, 
 @pytest.mark.parametrize("with_h0", [False, True], ids=["h0=None", "h0"])
 @pytest.mark.parametrize("lstm", [False, True], ids=["mingru", "minlstm"])
 def test_fused_layer_scan_gradcheck_across_chunks(lstm, with_h0, monkeypatch):
-    import rlmin.nn.mingru as mingru
+    import rlmin.nn.fused as fused
 
-    monkeypatch.setattr(mingru, "_CHUNK", 3)  # T=8: chunks of 3, 3, 2
+    monkeypatch.setattr(fused, "_CHUNK", 3)  # T=8: chunks of 3, 3, 2
     torch.manual_seed(0)
     n = 3 if lstm else 2
     p = (3 * torch.randn(2, 8, n * 4, dtype=torch.float64)).requires_grad_()
     h0 = torch.rand(2, 4, dtype=torch.float64).requires_grad_() if with_h0 else None
     args = (p,) if h0 is None else (p, h0)
-    assert torch.autograd.gradcheck(lambda p, h0=None: mingru.layer_scan(p, h0, lstm), args)
+    assert torch.autograd.gradcheck(lambda p, h0=None: fused.layer_scan(p, h0, lstm), args)
 
 
 def test_fused_g_derivative_at_zero_is_one():
     """g'(0) = 1 (the x >= 0 branch), as autograd through the paper's where-based g gives."""
-    from rlmin.nn.mingru import layer_scan
+    from rlmin.nn.fused import layer_scan
 
     p = torch.zeros(1, 2, 4, dtype=torch.float64)
     p[..., :2] = torch.tensor([0.3, -1.2], dtype=torch.float64)  # gates; candidates exactly 0
@@ -365,16 +493,16 @@ def test_fused_g_derivative_at_zero_is_one():
 def test_cpu_linear_matches_torch_linear():
     import torch.nn.functional as F
 
-    import rlmin.nn.mingru as mingru
+    import rlmin.nn.fused as fused
 
-    if not mingru._ONEDNN:
+    if not fused._ONEDNN:
         pytest.skip("torch built without oneDNN")
     torch.manual_seed(0)
     lin = torch.nn.Linear(24, 40)
     x = torch.randn(4, 700, 24)  # 2800 rows: several row blocks of the weight-gradient GEMM, one ragged
     dy = torch.randn(4, 700, 40)
     outs = []
-    for fn in (lambda x: mingru.cpu_linear(x, lin.weight, lin.bias), lambda x: F.linear(x, lin.weight, lin.bias)):
+    for fn in (lambda x: fused.cpu_linear(x, lin.weight, lin.bias), lambda x: F.linear(x, lin.weight, lin.bias)):
         xr = x.clone().requires_grad_()
         lin.zero_grad(set_to_none=True)
         y = fn(xr)
@@ -385,13 +513,13 @@ def test_cpu_linear_matches_torch_linear():
 
 
 def test_cpu_linear_switch_gives_same_layer(monkeypatch):
-    import rlmin.nn.mingru as mingru
+    import rlmin.nn.fused as fused
 
     torch.manual_seed(0)
     layer = MinGRU(16, 16)
     x = torch.randn(4, 600, 16)
     h_onednn = layer(x)[0]
-    monkeypatch.setattr(mingru, "CPU_LINEAR", "torch")
+    monkeypatch.setattr(fused, "CPU_LINEAR", "torch")
     torch.testing.assert_close(layer(x)[0], h_onednn, rtol=1e-5, atol=1e-6)
 
 

@@ -1,7 +1,9 @@
-"""rlmin.repro: grid planning, sharding, resuming (with an injected runner: nothing trains) and the
-report from a hand-made grid folder (results.json files and tiny TensorBoard event files)."""
+"""rlmin.grid and rlmin.report: grid files, planning, sharding, resuming (with an injected runner:
+nothing trains) and the report from hand-made grid folders (results.json files, old and new
+layouts, and tiny TensorBoard event files)."""
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -9,38 +11,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlmin import repro
+from rlmin import grid
+from rlmin import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- fakes
-def fake_results(backbone: str, seed: int, last: dict, history: list[dict] | None = None,
-                 dataset_id="mujoco/hopper/medium-v0", name="hopper-medium", steps=1500) -> dict:
-    """A results.json in rlmin.train.build_results's layout. ``last``: {target: normalised};
-    raw return = 10 x normalised; ``history``: [{"step": s, target: normalised, ...}]."""
-    def block(scores):
-        return {str(t): {"return_mean": 10.0 * v, "normalized_mean": v} for t, v in scores.items()}
+def _block(scores: dict) -> dict:
+    return {str(t): {"return_mean": 10.0 * v, "normalized_mean": v} for t, v in scores.items()}
 
-    hist = [{"step": h["step"], "targets": block({k: v for k, v in h.items() if k != "step"})}
-            for h in (history or [])] + [{"step": steps, "targets": block(last)}]
-    bc = backbone == "bc"
+
+def fake_results(label: str, seed: int, last: dict, history: list[dict] | None = None,
+                 dataset_id="mujoco/hopper/medium-v0", task="hopper", level="medium",
+                 steps=1500, **config) -> dict:
+    """A results.json in the trainer's layout. ``last``: {target: normalised}; raw return = 10 x
+    normalised; ``history``: [{"step": s, target: normalised, ...}]; ``config``: extra sections."""
+    hist = [{"step": h["step"], "targets": _block({k: v for k, v in h.items() if k != "step"})}
+            for h in (history or [])] + [{"step": steps, "targets": _block(last)}]
     return {
-        "dataset": {"id": dataset_id, "env_id": "Hopper-v5", "task": "hopper", "ref_min": 24.8,
-                    "ref_max": 4098.0, "ref_source": "task table (hopper): test",
-                    "behaviour_return": 3000.0, "behaviour_normalized": 73.0,
-                    "target_returns": [float(t) for t in last]},
-        "env_id": "Hopper-v5", "agent": "bc" if bc else "decision",
-        "backbone": "mlp" if bc else backbone, "seed": seed, "step": steps, "act_mode": None,
+        "agent": "agent-" + label, "label": label,
+        "eval_spec": {"env_id": "Hopper-v5", "max_episode_steps": 1000,
+                      "target_returns": [float(t) for t in last], "ref_min": 24.8,
+                      "ref_max": 4098.0, "ref_source": "task table (hopper): test", "obs_dim": 11,
+                      "act_dim": 3, "dataset_id": dataset_id, "task": task, "level": level},
+        "dataset": {"id": dataset_id, "steps": 1000, "episodes": 10, "behaviour_return": 3000.0,
+                    "behaviour_normalized": 73.0},
+        "seed": seed, "step": steps,
         "last_iterate": {"env_id": "Hopper-v5", "episodes": 10, "targets": {
             str(t): {"target_return": float(t), "episodes": 10, "return_mean": 10.0 * v,
                      "return_std": 1.0, "normalized_mean": v, "normalized_std": 0.1}
             for t, v in last.items()}},
         "best_during_training": None, "history": hist,
-        "config": {"data": {"dataset": name, "mode": "segment", "seq_len": 20},
-                   "agent": {"name": "bc" if bc else "decision", "backbone": backbone,
-                             "token_layout": "interleaved"}},
+        "config": {"name": f"{task}-{level}", "data": {"dataset": f"{task}-{level}",
+                                                       "mode": "segment", "seq_len": 20},
+                   "agent": {"name": "agent-" + label}, "train": {"seed": seed, "steps": steps},
+                   **config},
     }
+
+
+def old_results(seed: int, last: dict, backbone="mingru", agent="decision", config_name=None,
+                dataset_id="mujoco/hopper/medium-v0") -> dict:
+    """A results.json as trainers before the eval spec wrote it: no label, no eval_spec."""
+    res = fake_results("unused", seed, last, dataset_id=dataset_id)
+    del res["label"], res["eval_spec"]
+    res.update(agent=agent, backbone=backbone, env_id="Hopper-v5", act_mode="carry")
+    res["dataset"].update(env_id="Hopper-v5", task="hopper", ref_min=24.8, ref_max=4098.0,
+                          ref_source="old", target_returns=[float(t) for t in last])
+    res["config"]["name"] = config_name
+    return res
 
 
 def write_run(run_dir: Path, results: dict, losses=(1.0, 0.5), evals=None, command=None) -> None:
@@ -50,12 +69,13 @@ def write_run(run_dir: Path, results: dict, losses=(1.0, 0.5), evals=None, comma
     (run_dir / "results.json").write_text(json.dumps(results))
     if command:
         (run_dir / "command.txt").write_text(f"# when\n{command}\n")
-    with SummaryWriter(run_dir / "tb") as w:
-        for i, loss in enumerate(losses):
-            w.add_scalar("train/loss", loss, (i + 1) * 100)
-        for step, per_target in (evals or {}).items():
-            for t, v in per_target.items():
-                w.add_scalar(f"eval/normalized_mean/target_{t}", v, step)
+    if losses or evals:
+        with SummaryWriter(run_dir / "tb") as w:
+            for i, loss in enumerate(losses):
+                w.add_scalar("train/loss", loss, (i + 1) * 100)
+            for step, per_target in (evals or {}).items():
+                for t, v in per_target.items():
+                    w.add_scalar(f"eval/normalized_mean/target_{t}", v, step)
 
 
 # seeds x (last 3600, last 1800, best-so-far 3600 at step 500)
@@ -64,17 +84,17 @@ BC = {0: (30.0, 30.0, 10.0), 1: (32.0, 31.0, 10.0), 2: (34.0, 32.0, 10.0)}
 
 
 @pytest.fixture
-def grid(tmp_path):
+def grid_dir(tmp_path):
     root = tmp_path / "grid"
-    for backbone, table in (("mingru", MINGRU), ("bc", BC)):
+    for label, table in (("mingru", MINGRU), ("bc", BC)):
         for seed, (hi, lo, early) in table.items():
-            res = fake_results(backbone, seed, {3600: hi, 1800: lo},
+            res = fake_results(label, seed, {3600: hi, 1800: lo},
                                history=[{"step": 500, 3600: early, 1800: lo - 5}])
-            write_run(root / "hopper-medium" / backbone / f"seed{seed}", res,
+            write_run(root / "hopper-medium" / label / f"seed{seed}", res,
                       losses=(1.0 + seed, 0.5, 0.25),
                       evals={500: {3600: early, 1800: lo - 5}, 1500: {3600: hi, 1800: lo}},
                       command=f"python -m rlmin.cli train x.yaml train.seed={seed}")
-    (root / repro.DRIVER_LOG).write_text("# when\nrlmin repro run --preset small --out grid\n")
+    (root / grid.DRIVER_LOG).write_text("# when\nrlmin repro run --grid small --out grid\n")
     return root
 
 
@@ -100,10 +120,10 @@ class FakeRunner:
 
 
 # ----------------------------------------------------------------------------- planning
-def test_small_preset_expands_to_a_grid(tmp_path):
-    p = repro.PRESETS["small"]
-    runs = repro.plan(p.tasks, p.backbones, p.seeds, tmp_path, p.overrides)
-    assert len(runs) == 12 and len(p.seeds) >= 3
+def test_small_grid_file_expands_to_a_grid(tmp_path):
+    g = grid.load_grid("small")
+    runs = grid.plan(g.tasks, g.backbones, g.seeds, tmp_path, g.overrides)
+    assert len(runs) == 12 and len(g.seeds) >= 3 and g.workers == 2
     assert [r.name for r in runs[:4]] == ["hopper-medium/mingru/seed0", "hopper-medium/mingru/seed1",
                                          "hopper-medium/mingru/seed2", "hopper-medium/minlstm/seed0"]
     r = runs[0]
@@ -111,51 +131,57 @@ def test_small_preset_expands_to_a_grid(tmp_path):
     argv = r.argv(num_threads=1)
     assert argv[1:4] == ["-m", "rlmin.cli", "train"]
     assert argv[4].endswith("tasks/hopper-medium.yaml") and argv[5].endswith("backbones/mingru.yaml")
-    assert "train.steps=3000" in argv and f"run_dir={r.run_dir}" in argv
+    assert "train.steps=3000" in argv and "train.lr=1e-3" in argv and f"run_dir={r.run_dir}" in argv
     assert "train.seed=0" in argv and "train.num_threads=1" in argv
     assert all(Path(f).is_file() for f in r.config_files)
     # a user-given thread count wins over the driver's
-    own = repro.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.num_threads=3"])[0]
+    own = grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.num_threads=3"])[0]
     assert [a for a in own.argv(num_threads=1) if "num_threads" in a] == ["train.num_threads=3"]
 
 
-def test_full_preset_and_bad_names(tmp_path):
-    p = repro.PRESETS["full"]
-    runs = repro.plan(p.tasks, p.backbones, p.seeds, tmp_path, p.overrides)
-    assert len(runs) == 9 * 6 * 5
-    assert {r.task for r in runs} == {f"{e}-{lv}" for e in repro.ENVS for lv in repro.LEVELS}
-    with pytest.raises(repro.ReproError, match="choose from"):
-        repro.plan(["hopper-nope"], ["mingru"], [0], tmp_path)
-    with pytest.raises(repro.ReproError, match="driver sets"):
-        repro.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.seed=3"])
-    with pytest.raises(repro.ReproError, match="repeat"):
-        repro.plan(["hopper-medium"], ["mingru"], [0, 0], tmp_path)
+def test_full_grid_file_and_bad_names(tmp_path):
+    g = grid.load_grid(str(grid.CONFIG_ROOT / "grids" / "full.yaml"))  # a path works too
+    runs = grid.plan(g.tasks, g.backbones, g.seeds, tmp_path, g.overrides)
+    assert len(runs) == 9 * 6 * 5 and len({r.task for r in runs}) == 9
+    assert {r.task for r in runs} == {p.stem for p in (grid.CONFIG_ROOT / "tasks").glob("*.yaml")}
+    with pytest.raises(grid.ReproError, match="choose from .*small"):
+        grid.load_grid("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [hopper-medium]\nbackbones: [mingru]\nseeds: [0]\nsteps: 3\n")
+    with pytest.raises(grid.ReproError, match="unknown key.*steps"):
+        grid.load_grid(str(bad))
+    with pytest.raises(grid.ReproError, match="choose from"):
+        grid.plan(["hopper-nope"], ["mingru"], [0], tmp_path)
+    with pytest.raises(grid.ReproError, match="driver sets"):
+        grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.seed=3"])
+    with pytest.raises(grid.ReproError, match="repeat"):
+        grid.plan(["hopper-medium"], ["mingru"], [0, 0], tmp_path)
 
 
 def test_shards_partition_the_grid(tmp_path):
-    p = repro.PRESETS["full"]
-    runs = repro.plan(p.tasks, p.backbones, p.seeds, tmp_path)
-    shards = [repro.shard(runs, i, 4) for i in range(4)]
+    g = grid.load_grid("full")
+    runs = grid.plan(g.tasks, g.backbones, g.seeds, tmp_path)
+    shards = [grid.shard(runs, i, 4) for i in range(4)]
     names = [r.name for s in shards for r in s]
     assert sorted(names) == sorted(r.name for r in runs) and len(set(names)) == len(runs)
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     # a shard does not depend on what is finished
     (runs[0].run_dir).mkdir(parents=True)
     (runs[0].run_dir / "results.json").write_text("{}")
-    assert [r.name for r in repro.shard(runs, 0, 4)] == [r.name for r in shards[0]]
-    assert repro.parse_shard("1/4") == (1, 4)
+    assert [r.name for r in grid.shard(runs, 0, 4)] == [r.name for r in shards[0]]
+    assert grid.parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "1", "a/b", "0/0", "-1/2"):
-        with pytest.raises(repro.ReproError):
-            repro.parse_shard(bad)
+        with pytest.raises(grid.ReproError):
+            grid.parse_shard(bad)
 
 
 # ----------------------------------------------------------------------------- running
 def test_finished_runs_are_skipped_and_commands_recorded(tmp_path):
-    runs = repro.plan(["hopper-medium"], ["mingru", "bc"], [0, 1, 2], tmp_path / "g")
+    runs = grid.plan(["hopper-medium"], ["mingru", "bc"], [0, 1, 2], tmp_path / "g")
     runs[1].run_dir.mkdir(parents=True)
     (runs[1].run_dir / "results.json").write_text("{}")
     runner = FakeRunner(fail={"hopper-medium/bc/seed2"})
-    out = repro.run_grid(runs, workers=2, runner=runner, cores=4, echo=lambda s: None)
+    out = grid.run_grid(runs, workers=2, runner=runner, cores=4, echo=lambda s: None)
     ran = sorted(name for name, _ in runner.calls)
     assert ran == sorted(r.name for r in runs if r is not runs[1])
     assert [r.name for r in out.skipped] == [runs[1].name]
@@ -168,20 +194,20 @@ def test_finished_runs_are_skipped_and_commands_recorded(tmp_path):
     assert cmd[0].startswith("# ") and "rlmin.cli train" in cmd[1]
     # again: only the failed run is left
     again = FakeRunner()
-    repro.run_grid(runs, workers=1, runner=again, echo=lambda s: None)
+    grid.run_grid(runs, workers=1, runner=again, echo=lambda s: None)
     assert [name for name, _ in again.calls] == ["hopper-medium/bc/seed2"]
     assert again.prepared == []  # sequential: no separate preparation
 
 
 def test_a_runner_that_raises_fails_one_run_only(tmp_path):
-    runs = repro.plan(["hopper-medium"], ["bc"], [0, 1, 2], tmp_path)
-    out = repro.run_grid(runs, runner=FakeRunner(fail={"raise"}), echo=lambda s: None)
+    runs = grid.plan(["hopper-medium"], ["bc"], [0, 1, 2], tmp_path)
+    out = grid.run_grid(runs, runner=FakeRunner(fail={"raise"}), echo=lambda s: None)
     assert [r.name for r, _ in out.failed] == ["hopper-medium/bc/seed1"]
     assert len(out.succeeded) == 2
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    run = repro.plan(["hopper-medium"], ["mingru"], [0], tmp_path)[0]
+    run = grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path)[0]
     (run.run_dir / "checkpoints").mkdir(parents=True)
     (run.run_dir / "checkpoints" / "step_00000500.pt").write_bytes(b"")
     assert run.argv()[-2:] == ["--resume", str(run.run_dir)]
@@ -192,81 +218,151 @@ def test_main_with_injected_runner_and_shards(tmp_path, capsys):
     base = ["run", "--tasks", "hopper-medium", "--backbones", "mingru,bc", "--seeds", "3",
             "--out", str(out), "--no-report", "train.steps=5"]
     runner = FakeRunner()
-    assert repro.main(base + ["--shard", "1/2"], runner=runner) == 0
+    assert grid.main(base + ["--shard", "1/2"], runner=runner) == 0
     assert len(runner.calls) == 3
     assert all("train.steps=5" in argv for _, argv in runner.calls)
     runner2 = FakeRunner()
-    assert repro.main(base + ["--shard", "0/2"], runner=runner2) == 0
+    assert grid.main(base + ["--shard", "0/2"], runner=runner2) == 0
     assert {n for n, _ in runner.calls} | {n for n, _ in runner2.calls} == {
         f"hopper-medium/{b}/seed{s}" for b in ("mingru", "bc") for s in range(3)}
     assert len(list(out.rglob("results.json"))) == 6
-    log = (out / repro.DRIVER_LOG).read_text()
+    log = (out / grid.DRIVER_LOG).read_text()
     assert "--shard 1/2" in log and "--shard 0/2" in log and "train.steps=5" in log
     assert "MINARI_DATASETS_PATH=" in log  # set by conftest: recorded with the command
-    grid = json.loads((out / repro.GRID_FILE).read_text())
-    assert len(grid["runs"]) == 6 and grid["seeds"] == [0, 1, 2]
+    plan = json.loads((out / grid.GRID_FILE).read_text())
+    assert len(plan["runs"]) == 6 and plan["seeds"] == [0, 1, 2]
+    first = plan["runs"][0]  # which config files each run used: the report reads them here
+    assert first["task"] == "hopper-medium" and first["task_config"].endswith("hopper-medium.yaml")
+    assert first["backbone_config"].endswith("mingru.yaml")
     # everything finished: a third call runs nothing
     runner3 = FakeRunner()
-    assert repro.main(base, runner=runner3) == 0 and runner3.calls == []
-    # dry run prints commands and runs nothing
-    capsys.readouterr()
-    assert repro.main(["run", "--preset", "small", "--out", str(tmp_path / "d"), "--dry-run"]) == 0
-    text = capsys.readouterr().out
-    assert text.count("rlmin.cli train") == 12 and not (tmp_path / "d").exists()
-    assert repro.main(["run", "--out", str(out), "--seeds", "0"]) == 2  # bad: a count of 0
+    assert grid.main(base, runner=runner3) == 0 and runner3.calls == []
+    # dry run prints commands and runs nothing; --preset is the old spelling of --grid
+    for flag in ("--grid", "--preset"):
+        capsys.readouterr()
+        assert grid.main(["run", flag, "small", "--out", str(tmp_path / "d"), "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        assert text.count("rlmin.cli train") == 12 and not (tmp_path / "d").exists()
+    assert grid.main(["run", "--out", str(out), "--seeds", "0"]) == 2  # bad: a count of 0
+    assert grid.main(["run", "--grid", "nope", "--out", str(out)]) == 2
 
 
 # ----------------------------------------------------------------------------- the report
-def test_report_table_statistics_and_pngs(grid):
-    result = repro.report(grid, n_resamples=2000, echo=lambda s: None)
+def test_report_tables_statistics_and_pngs(grid_dir):
+    result = report.report(grid_dir, n_resamples=2000, echo=lambda s: None)
     rows = result["rows"]
     assert [(r["label"], r["target_key"]) for r in rows] == [
-        ("mingru", "3600"), ("mingru", "1800"), ("bc", "3600"), ("bc", "1800")]
-    mg = rows[0]
+        ("bc", "3600"), ("bc", "1800"), ("mingru", "3600"), ("mingru", "1800")]
+    mg = rows[2]
     assert mg["n"] == 3 and mg["seeds"] == [0, 1, 2]
+    assert (mg["task"], mg["level"]) == ("hopper", "medium")
     assert mg["normalized"]["mean"] == pytest.approx(60.0)
     assert mg["normalized"]["std"] == pytest.approx(10.0)
-    assert mg["normalized"]["iqm"] == pytest.approx(60.0)  # weights 1/6, 2/3, 1/6
     assert mg["normalized"]["ci_low"] < 60.0 < mg["normalized"]["ci_high"]
     assert 50.0 <= mg["normalized"]["ci_low"] and mg["normalized"]["ci_high"] <= 70.0
     assert mg["raw"]["mean"] == pytest.approx(600.0)
     # best during training, per run: max(55, 50), max(61, 60), max(20, 70) -> mean 62
     assert mg["best_normalized"]["mean"] == pytest.approx(62.0)
-    assert mg["dt_paper_d4rl_v2"] == 67.6
-    bc = rows[2]
-    assert bc["normalized"]["mean"] == pytest.approx(32.0)
-    assert bc["best_normalized"]["mean"] == pytest.approx(32.0)  # early evals were worse
+    # the DT paper's number comes from the task registry (envs/tasks.py), labelled D4RL-v2
+    assert [(p["method"], p["score"], p["benchmark"]) for p in mg["published"]] == [
+        ("DT", 67.6, "D4RL-v2")]
+    assert rows[0]["normalized"]["mean"] == pytest.approx(32.0)
+    assert rows[0]["best_normalized"]["mean"] == pytest.approx(32.0)  # early evals were worse
+    # per agent: the IQM of the last-iterate scores at the first target (3600), all runs
+    agents = {a["label"]: a for a in result["agents"]}
+    assert agents["mingru"]["iqm"] == pytest.approx(60.0)  # weights 1/6, 2/3, 1/6
+    assert agents["mingru"]["n"] == 3 and agents["mingru"]["datasets"] == ["mujoco/hopper/medium-v0"]
+    assert 50.0 - 1e-9 <= agents["mingru"]["ci_low"] < 60.0 < agents["mingru"]["ci_high"] <= 70.0 + 1e-9
+    assert agents["bc"]["iqm"] == pytest.approx(32.0)
+    assert result["warnings"] == []
 
-    md = (grid / "report.md").read_text()
+    md = (grid_dir / "report.md").read_text()
     assert "best during training (normalised; optimistic, not the headline)" in md
     assert "DT paper (D4RL-v2, not comparable)" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| mujoco/hopper/medium-v0 | mingru | 3600"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "60.0", "600 ± 100", "62.0 ± 7.5",
-                         "67.6"]
+    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "67.6"]
     assert re.fullmatch(r"\[\d+\.\d, \d+\.\d\]", cells[6])
-    assert "rlmin repro run --preset small --out grid" in md  # the driver command
+    line = next(ln for ln in md.splitlines() if ln.startswith("| mingru | 1500"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:5] == ["3", "1", "60.0"] and cells[6] == "60.0"
+    assert "stratified bootstrap" in md and "Chen et al. 2021" in md
+    assert "rlmin repro run --grid small --out grid" in md  # the driver command
     assert md.count("python -m rlmin.cli train x.yaml") == 6  # each run's command
     assert "Minari" in md and "Gymnasium v5" in md
     for png in ("scores.png", "curves.png"):
-        assert (grid / png).read_bytes()[:8] == PNG_MAGIC
-    saved = json.loads((grid / "report.json").read_text())
-    assert len(saved["rows"]) == 4
+        assert (grid_dir / png).read_bytes()[:8] == PNG_MAGIC
+    saved = json.loads((grid_dir / "report.json").read_text())
+    assert len(saved["rows"]) == 4 and len(saved["agents"]) == 2
 
 
-def test_report_through_the_cli(grid, capsys):
+def test_agent_iqm_pools_datasets_with_a_stratified_ci(tmp_path):
+    root = tmp_path / "g"
+    for seed, (a, b) in enumerate([(50.0, 10.0), (60.0, 20.0), (70.0, 30.0)]):
+        write_run(root / "m" / f"s{seed}", fake_results("mingru", seed, {3600: a}), losses=())
+        write_run(root / "r" / f"s{seed}", fake_results(
+            "mingru", seed, {3600: b}, dataset_id="rlmin/hopper/medium-replay-v0",
+            level="medium-replay"), losses=())
+    records = report.collect(root)
+    (agent,) = report.agent_rows(records, n_resamples=2000)
+    assert agent["n"] == 6 and len(agent["datasets"]) == 2
+    assert agent["iqm"] == pytest.approx(40.0)  # weights 0, 1/6, 1/3, 1/3, 1/6, 0 of 10..70
+    # every resample keeps 3 runs of each dataset: the IQM stays within [30, 50]
+    assert 30.0 - 1e-9 <= agent["ci_low"] < 40.0 < agent["ci_high"] <= 50.0 + 1e-9
+    rows = report.dataset_rows(records, n_resamples=200)
+    assert [(r["level"], r["published"][0]["score"]) for r in rows] == [
+        ("medium", 67.6), ("medium-replay", 82.7)]
+
+
+def test_runs_whose_resolved_datasets_differ_are_never_averaged(tmp_path):
+    root = tmp_path / "g"  # one task config, resolved to two datasets on two machines
+    for seed, dataset_id in enumerate(["mujoco/hopper/medium-v0", "mujoco/hopper/medium-v0",
+                                       "rlmin/hopper/medium-v0"]):
+        write_run(root / f"s{seed}", fake_results("mingru", seed, {3600: 10.0 * (seed + 1)},
+                                                  dataset_id=dataset_id), losses=())
+    result = report.report(root, n_resamples=200, echo=lambda s: None)
+    got = {r["dataset"]: r["normalized"]["values"] for r in result["rows"]}
+    assert got == {"mujoco/hopper/medium-v0": [10.0, 20.0], "rlmin/hopper/medium-v0": [30.0]}
+    assert any("hopper-medium resolved to 2 datasets" in w for w in result["warnings"])
+    assert "never averaged" in (root / "report.md").read_text()
+
+
+def test_old_results_files_load(tmp_path):
+    root = tmp_path / "g"
+    write_run(root / "hopper-medium" / "mingru" / "seed0", old_results(0, {3600: 40.0}), losses=())
+    write_run(root / "hopper-medium" / "bc" / "seed0",
+              old_results(0, {3600: 20.0}, backbone=None, agent="bc"), losses=())
+    write_run(root / "elsewhere", old_results(1, {3600: 30.0}, config_name="hopper-medium"),
+              losses=())
+    (root / grid.GRID_FILE).write_text(json.dumps({"runs": [
+        {"name": "hopper-medium/mingru/seed0", "task": "hopper-medium"},
+        {"name": "hopper-medium/bc/seed0", "task": "hopper-medium"}]}))
+    records = {r["run_dir"]: r for r in report.collect(root)}
+    mingru = records[str(root / "hopper-medium" / "mingru" / "seed0")]
+    # no label: the old backbone key, then the agent; no eval_spec: the dataset block + grid.json
+    assert (mingru["label"], mingru["task"], mingru["level"]) == ("mingru", "hopper", "medium")
+    assert (mingru["dataset_id"], mingru["env_id"], mingru["ref_source"]) == (
+        "mujoco/hopper/medium-v0", "Hopper-v5", "old")
+    assert records[str(root / "hopper-medium" / "bc" / "seed0")]["label"] == "bc"
+    assert records[str(root / "elsewhere")]["level"] == "medium"  # from the config's name
+    rows = report.dataset_rows(list(records.values()), n_resamples=200)
+    assert {r["label"]: r["n"] for r in rows} == {"bc": 1, "mingru": 2}
+    assert all(r["published"][0]["score"] == 67.6 for r in rows)
+
+
+def test_report_through_the_cli(grid_dir, capsys):
     from rlmin.cli import main
 
-    assert main(["repro", "report", str(grid), "--resamples", "500"]) == 0
+    assert main(["repro", "report", str(grid_dir), "--resamples", "500"]) == 0
     assert "mingru" in capsys.readouterr().out
-    assert main(["repro", "report", str(grid / "nothing-here")]) == 2
+    assert main(["repro", "report", str(grid_dir / "nothing-here")]) == 2
 
 
-def test_learning_curves_from_tensorboard(grid):
-    scalars = repro.read_scalars(grid / "hopper-medium" / "mingru" / "seed1" / "tb")
+def test_learning_curves_from_tensorboard(grid_dir):
+    scalars = report.read_scalars(grid_dir / "hopper-medium" / "mingru" / "seed1" / "tb")
     assert scalars["train/loss"] == ([100, 200, 300], [2.0, 0.5, 0.25])
     assert scalars["eval/normalized_mean/target_3600"] == ([500, 1500], [61.0, 60.0])
-    curves = repro.collect_curves(repro.collect(grid))
+    curves = report.collect_curves(report.collect(grid_dir))
     series = curves["mujoco/hopper/medium-v0"]["mingru"]["train/loss"]
     assert len(series) == 3
     from rlmin.plots import mean_curve
@@ -278,37 +374,36 @@ def test_learning_curves_from_tensorboard(grid):
     np.testing.assert_allclose(hi, [3.0, 0.5, 0.25])
 
 
-def test_rows_keep_variants_and_training_lengths_apart(tmp_path):
+def test_rows_keep_config_variants_and_training_lengths_apart(tmp_path):
     root = tmp_path / "g"
     for seed in range(3):
-        write_run(root / "a" / f"s{seed}", fake_results("mingru", seed, {3600: 10.0}, steps=100))
-        write_run(root / "b" / f"s{seed}", fake_results("mingru", seed, {3600: 20.0}, steps=200))
+        write_run(root / "a" / f"s{seed}", fake_results("mingru", seed, {3600: 10.0}, steps=100),
+                  losses=())
+        write_run(root / "b" / f"s{seed}", fake_results("mingru", seed, {3600: 20.0}, steps=200),
+                  losses=())
         ep = fake_results("mingru", seed, {3600: 30.0}, steps=200)
         ep["config"]["data"].update(mode="episode", seq_len=1000)
-        write_run(root / "c" / f"s{seed}", ep)
-    rows = repro.aggregate(repro.collect(root), n_resamples=200)
+        write_run(root / "c" / f"s{seed}", ep, losses=())
+    rows = report.dataset_rows(report.collect(root), n_resamples=200)
     got = {(r["label"], r["steps"]): r["normalized"]["mean"] for r in rows}
-    assert got == {("mingru", 100): 10.0, ("mingru", 200): 20.0,
-                   ("mingru [episode L=1000]", 200): 30.0}
+    assert got == {("mingru", 100): 10.0,  # train.seed differs too: seeds are what rows average
+                   ("mingru [data.mode=segment, data.seq_len=20]", 200): 20.0,
+                   ("mingru [data.mode=episode, data.seq_len=1000]", 200): 30.0}
 
 
-def test_task_level_parsing():
-    assert repro.task_level("hopper-medium") == ("hopper", "medium")
-    assert repro.task_level(None, "mujoco/walker2d/medium-expert-v0") == ("walker2d", "medium-expert")
-    assert repro.task_level("halfcheetah-medium-replay") == ("halfcheetah", "medium-replay")
-    assert repro.task_level("mujoco/hopper/simple-v0") is None
+# ----------------------------------------------------------------------------- the core rule
+FORBIDDEN = re.compile(r"\b(decision|bc|transformer|mlp|hopper|halfcheetah|walker2d)\b", re.I)
 
 
-def test_run_label_names_only_what_differs_from_the_backbone_defaults():
-    from rlmin.repro import run_label
-
-    def res(backbone, act, agent="decision", **cfg):
-        return {"agent": agent, "backbone": backbone, "act_mode": act, "config": cfg}
-
-    assert run_label(res("mingru", "carry")) == "mingru"
-    assert run_label(res("mingru", None, agent={"act_mode": "carry"})) == "mingru"
-    assert run_label(res("mingru", "window")) == "mingru [act=window]"
-    assert run_label(res("transformer", "window")) == "transformer"
-    assert run_label(res("mlp", None, agent="bc")) == "bc"
-    assert run_label(res("mingru", "carry", data={"mode": "episode", "seq_len": 1000})) == \
-        "mingru [episode L=1000]"
+@pytest.mark.parametrize("module", ["grid", "report", "stats", "plots", "task"])
+def test_the_core_names_no_agent_backbone_or_task(module):
+    """Strings and names in code (docstrings and comments aside) name no agent, backbone or task."""
+    tree = ast.parse((Path(grid.__file__).parent / f"{module}.py").read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    found = [(n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant)
+             and isinstance(n.value, str) and id(n) not in docstrings and FORBIDDEN.search(n.value)]
+    found += [(n.lineno, n.id) for n in ast.walk(tree)
+              if isinstance(n, ast.Name) and FORBIDDEN.search(n.id)]
+    assert not found, f"rlmin/{module}.py names agents or tasks in code: {found}"

@@ -43,6 +43,13 @@ def backbone_options(name: str) -> dict:
     return dict(BACKBONES[name].OPTIONS)
 
 
+def is_recurrent(name: str) -> bool:
+    """Whether backbone ``name`` carries a state from step to step (the transformer re-runs a window)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    return bool(getattr(BACKBONES[name], "recurrent", True))
+
+
 def build_backbone(name: str, d_model: int, n_layers: int, **options) -> nn.Module:
     """Build the backbone ``name`` with width ``d_model`` and ``n_layers`` layers.
 
@@ -69,7 +76,7 @@ def reset_rows(state: tuple[torch.Tensor, ...], mask: torch.Tensor,
 
 
 __all__ = [
-    "BACKBONES", "backbone_options", "build_backbone", "reset_rows",
+    "BACKBONES", "backbone_options", "build_backbone", "is_recurrent", "reset_rows",
     "MinGRU", "MinLSTM", "MinRNNBackbone", "MinGRUBackbone", "MinLSTMBackbone",
     "TransformerBackbone", "RNNBackbone", "GRUBackbone", "LSTMBackbone",
 ]

@@ -1,14 +1,15 @@
 """The stacked minGRU / minLSTM backbone: residual blocks around one minimal-RNN layer each.
 
-One block (pre-norm, as in the official minRNNs layout)::
+One block (pre-norm residual; ``conv_layout`` says where the optional conv sits)::
 
+    x = x + conv(x)                          # conv_layout="official" (and conv_kernel > 0) only
     u = norm1(x)
-    u = causal_depthwise_conv(u)             # only when conv_kernel > 0
+    u = causal_depthwise_conv(u)             # conv_layout="branch" (and conv_kernel > 0) only
     h = minRNN(u)                            # d_model -> d_hidden = round(expansion * d_model)
     x = x + dropout(Linear(d_hidden, d_model)(h))
     x = x + MLP(norm2(x))                    # Linear(d, 4d) -> GELU -> Linear(4d, d) -> dropout
 
-and one final norm after the last block.
+and one final norm after the last block. Without a conv (the default) both layouts are the same block.
 
 Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
 
@@ -23,12 +24,16 @@ Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
 ``dropout`` (0.0)
     on the minRNN branch (after the projection) and at the end of the MLP.
 ``conv_kernel`` (0)
-    0 = off; k > 0 = a causal depthwise Conv1d of width k before the minRNN. Its last k - 1 inputs
-    are part of the step state.
+    0 = off; k > 0 = a causal Conv1d of width k before the minRNN (where: ``conv_layout``). Its last
+    k - 1 inputs are part of the step state.
+``conv_layout`` ("branch")
+    "branch": a depthwise conv inside the minRNN branch, after norm1, with no residual of its own.
+    "official": the official code's ``x = conv(x) + x`` before norm1, the conv depthwise (width k) then
+    pointwise (1x1, mixing channels), as BorealisAI/minRNNs and lucidrains' CausalDepthWiseConv1d.
 ``learn_h0`` (False)
     False: the initial hidden state is zero. True: a learnable initial state per layer, h0 = g(p) with
-    g the paper's positive activation (so it stays positive, as the log-space scan needs); p starts at
-    0, i.e. h0 = 0.5.
+    g the paper's positive activation (so h stays positive, as with a zero h0); p starts at 0, i.e.
+    h0 = 0.5.
 ``scan_impl`` ("auto")
     passed to the minRNN layers: "log" for the paper's log-space scan, or a linear-space
     implementation of :func:`rlmin.nn.scan.scan` ("auto", "reference", "sequential", "triton").
@@ -37,6 +42,8 @@ Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
 
 State: a flat tuple with, for each layer in order, the hidden state ``h [B, d_hidden]`` and, when
 ``conv_kernel > 0``, the conv cache ``[B, conv_kernel - 1, d_model]`` (the last inputs of the conv).
+h is at least float32 (a model cast to bf16 keeps its state in float32, as the scan computes it); the
+conv cache has the model's dtype.
 Every tensor has the batch as dim 0, so a caller can reset individual rows with
 ``torch.where(mask.view(-1, 1, ...), fresh, old)`` (see :func:`rlmin.nn.reset_rows`).
 """
@@ -52,6 +59,8 @@ from rlmin.nn.minlstm import MinLSTM
 
 CELLS = {"mingru": MinGRU, "minlstm": MinLSTM}
 NORMS = ("layernorm", "rmsnorm")
+CONV_LAYOUTS = ("branch", "official")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 def make_norm(norm: str, d: int) -> nn.Module:
@@ -69,35 +78,42 @@ def check_dropout(dropout) -> float:
 
 
 class MLP(nn.Sequential):
-    def __init__(self, d: int, dropout: float, mult: int = 4):
-        super().__init__(nn.Linear(d, mult * d), nn.GELU(), nn.Linear(mult * d, d), nn.Dropout(dropout))
+    def __init__(self, d: int, dropout: float, mult: int = 4, activation: str = "gelu"):
+        super().__init__(nn.Linear(d, mult * d), ACTIVATIONS[activation](), nn.Linear(mult * d, d), nn.Dropout(dropout))
 
 
 class CausalDepthwiseConv(nn.Module):
-    """Depthwise Conv1d of width k over time, causal: y_t sees x_{t-k+1..t}. Cache: the last k-1 inputs."""
+    """Depthwise Conv1d of width k over time, causal: y_t sees x_{t-k+1..t}; then, with ``pointwise``, a
+    1x1 conv mixing the channels (the official layout's). Cache: the last k-1 inputs."""
 
-    def __init__(self, d: int, kernel: int):
+    def __init__(self, d: int, kernel: int, pointwise: bool = False):
         super().__init__()
         self.kernel = kernel
         self.conv = nn.Conv1d(d, d, kernel, groups=d)
+        self.pointwise = nn.Linear(d, d) if pointwise else None  # = Conv1d(d, d, 1): same weights, same init
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         full = torch.cat([cache, x], dim=1)  # [B, k-1+T, d]
         y = self.conv(full.transpose(1, 2)).transpose(1, 2)
+        if self.pointwise is not None:
+            y = self.pointwise(y)
         return y, full[:, full.shape[1] - (self.kernel - 1):]
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         window = torch.cat([cache, x.unsqueeze(1)], dim=1)  # [B, k, d]
         y = (window * self.conv.weight[:, 0].t()).sum(dim=1) + self.conv.bias
+        if self.pointwise is not None:
+            y = self.pointwise(y)
         return y, window[:, 1:]
 
 
 class MinRNNBlock(nn.Module):
     def __init__(self, cell: str, d_model: int, d_hidden: int, dropout: float, conv_kernel: int,
-                 learn_h0: bool, scan_impl: str, norm: str):
+                 conv_layout: str, learn_h0: bool, scan_impl: str, norm: str):
         super().__init__()
         self.norm1 = make_norm(norm, d_model)
-        self.conv = CausalDepthwiseConv(d_model, conv_kernel) if conv_kernel > 0 else None
+        self.official = conv_layout == "official"
+        self.conv = CausalDepthwiseConv(d_model, conv_kernel, pointwise=self.official) if conv_kernel > 0 else None
         self.rnn = CELLS[cell](d_model, d_hidden, scan_impl=scan_impl)
         self.proj = nn.Linear(d_hidden, d_model)
         self.drop = nn.Dropout(dropout)
@@ -107,8 +123,11 @@ class MinRNNBlock(nn.Module):
         self.h0_param = nn.Parameter(torch.zeros(d_hidden)) if learn_h0 else None
 
     def forward(self, x, h0, conv_cache):
+        if self.conv is not None and self.official:
+            y, conv_cache = self.conv(x, conv_cache)
+            x = x + y
         u = self.norm1(x)
-        if self.conv is not None:
+        if self.conv is not None and not self.official:
             u, conv_cache = self.conv(u, conv_cache)
         h, h_last = self.rnn(u, h0)
         x = x + self.drop(self.proj(h))
@@ -116,11 +135,14 @@ class MinRNNBlock(nn.Module):
         return x, h_last, conv_cache
 
     def step(self, x, h, conv_cache):
+        if self.conv is not None and self.official:
+            y, conv_cache = self.conv.step(x, conv_cache)
+            x = x + y
         u = self.norm1(x)
-        if self.conv is not None:
+        if self.conv is not None and not self.official:
             u, conv_cache = self.conv.step(u, conv_cache)
         h = self.rnn.step(u, h)
-        x = x + self.drop(self.proj(h))
+        x = x + self.drop(self.proj(h.to(x.dtype)))  # the state h may be wider (float32 in a bf16 model)
         x = x + self.mlp(self.norm2(x))
         return x, h, conv_cache
 
@@ -138,13 +160,15 @@ class MinRNNBackbone(nn.Module):
         "expansion": 1.5,
         "dropout": 0.0,
         "conv_kernel": 0,
+        "conv_layout": "branch",
         "learn_h0": False,
         "scan_impl": "auto",
         "norm": "layernorm",
     }
 
     def __init__(self, cell: str, d_model: int, n_layers: int, expansion: float = 1.5, dropout: float = 0.0,
-                 conv_kernel: int = 0, learn_h0: bool = False, scan_impl: str = "auto", norm: str = "layernorm"):
+                 conv_kernel: int = 0, conv_layout: str = "branch", learn_h0: bool = False,
+                 scan_impl: str = "auto", norm: str = "layernorm"):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
@@ -157,6 +181,8 @@ class MinRNNBackbone(nn.Module):
             raise ValueError(f"expansion * d_model must round to at least 1; got {expansion} * {d_model}")
         if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0:
             raise ValueError(f"conv_kernel must be an integer >= 0 (0 = no conv); got {conv_kernel!r}")
+        if conv_layout not in CONV_LAYOUTS:
+            raise ValueError(f"conv_layout must be one of {', '.join(CONV_LAYOUTS)}; got {conv_layout!r}")
         if not isinstance(learn_h0, bool):
             raise ValueError(f"learn_h0 must be True or False; got {learn_h0!r}")
         if norm not in NORMS:
@@ -164,10 +190,12 @@ class MinRNNBackbone(nn.Module):
         self.cell = cell
         self.d_hidden = d_hidden
         self.conv_kernel = conv_kernel
+        self.conv_layout = conv_layout
         self.learn_h0 = learn_h0
         self.scan_impl = check_scan_impl(scan_impl)
         self.blocks = nn.ModuleList(
-            MinRNNBlock(cell, d_model, d_hidden, check_dropout(dropout), conv_kernel, learn_h0, scan_impl, norm)
+            MinRNNBlock(cell, d_model, d_hidden, check_dropout(dropout), conv_kernel, conv_layout, learn_h0,
+                        scan_impl, norm)
             for _ in range(n_layers)
         )
         self.norm = make_norm(norm, d_model)
@@ -179,12 +207,13 @@ class MinRNNBackbone(nn.Module):
     def initial_state(self, batch_size: int, device=None) -> tuple[torch.Tensor, ...]:
         ref = self.norm.weight
         device = ref.device if device is None else device
+        h_dtype = torch.promote_types(ref.dtype, torch.float32)  # the scan's dtype: float32 for a bf16 model
         state = []
         for block in self.blocks:
             if block.h0_param is not None:
-                state.append(g(block.h0_param).to(device).unsqueeze(0).repeat(batch_size, 1))
+                state.append(g(block.h0_param.to(device, h_dtype)).unsqueeze(0).repeat(batch_size, 1))
             else:
-                state.append(torch.zeros(batch_size, self.d_hidden, device=device, dtype=ref.dtype))
+                state.append(torch.zeros(batch_size, self.d_hidden, device=device, dtype=h_dtype))
             if self.conv_kernel > 0:
                 state.append(torch.zeros(batch_size, self.conv_kernel - 1, self.d_model, device=device,
                                          dtype=ref.dtype))
@@ -200,6 +229,8 @@ class MinRNNBackbone(nn.Module):
         return [(state[i * n], state[i * n + 1] if n == 2 else None) for i in range(self.n_layers)]
 
     def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] != self.d_model:  # T = 0 too: as every minRNN path
+            raise ValueError(f"x must be [B, T, {self.d_model}] with T >= 1; got shape {tuple(x.shape)}")
         if state is None:
             state = self.initial_state(x.shape[0], x.device)
             if not self.learn_h0:  # zero h0: let the scan start from nothing (cheaper, same result)

@@ -8,15 +8,16 @@ With d = softplus(-f~) - softplus(-i~) = log(i / f), the normalised gates are f'
 i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 - x):
 
 * ``scan_impl="log"``: log f' = -softplus(d), log i' = -softplus(-d), solved by
-  :func:`rlmin.nn.scan.scan_log` (needs h0 >= 0; exact zeros are clamped to the smallest normal float).
+  :func:`rlmin.nn.scan.scan_log_h0` (h0 carried in linear space: any h0, 0 included).
 * ``"auto"`` / ``"sequential"`` on CPU (float32/float64, no autocast): the fused layer path of
-  :func:`rlmin.nn.mingru.layer_scan` (gates, g and scan in one Function, d = logsigmoid(i~) - logsigmoid(f~)),
+  :func:`rlmin.nn.fused.layer_scan` (gates, g and scan in one Function, d = logsigmoid(i~) - logsigmoid(f~)),
   after the Linear as one GEMM (oneDNN for large float32 inputs).
-* anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.mingru.scan_coefficients`,
+* anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.fused.scan_coefficients`,
   fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
-``step`` is the plain recurrence. Under float16/bfloat16 autocast the pre-activations are upcast to
-float32, so the gates, the scan and h are float32.
+Inputs are checked as for minGRU (:func:`rlmin.nn.mingru.check_layer_input`), and dtypes follow it too:
+bf16/fp16 pre-activations are upcast to float32 (gates, scan and state in float32), h comes back in
+x's dtype. ``step`` is the plain recurrence.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmin.nn.mingru import (check_scan_impl, check_size, fused_scan_ok, g, layer_scan, log_g, log_state,
-                             preactivations, scan_coefficients)
-from rlmin.nn.scan import scan, scan_log
+from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
+from rlmin.nn.mingru import check_layer_input, check_scan_impl, check_size, g, log_g, preactivations
+from rlmin.nn.scan import scan, scan_log_h0
 
 
 class MinLSTM(nn.Module):
@@ -34,6 +35,7 @@ class MinLSTM(nn.Module):
 
     Parameters: one ``Linear(d_in, 3 * d_hidden)``, i.e. exactly ``3 * d_hidden * (d_in + 1)``.
     ``h0=None`` means a zero initial state. With a non-negative h0 every h_t is positive.
+    Dtypes as :class:`rlmin.nn.mingru.MinGRU`'s: h in x's dtype, h_last and ``step``'s result in the scan's.
     """
 
     def __init__(self, d_in: int, d_hidden: int, scan_impl: str = "auto"):
@@ -52,9 +54,10 @@ class MinLSTM(nn.Module):
         return d, cand
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        check_layer_input(x, h0, self.d_in, self.d_hidden)
         if self.scan_impl == "log":
             d, cand = self._gates(x)
-            h = scan_log(-F.softplus(d), -F.softplus(-d) + log_g(cand), log_state(h0))
+            h = scan_log_h0(-F.softplus(d), -F.softplus(-d) + log_g(cand), h0)
         else:
             p = preactivations(self.linear, x)
             if fused_scan_ok(p, h0, self.scan_impl):  # CPU: gates and scan in one Function
@@ -62,9 +65,10 @@ class MinLSTM(nn.Module):
             else:  # a = sigmoid(-d), b = sigmoid(d) * g(h~), fused with a hand-written backward
                 a, b = scan_coefficients(p, lstm=True)
                 h = scan(a, b, h0, impl=self.scan_impl)
-        return h, h[:, -1]
+        return h.to(x.dtype), h[:, -1]  # back to x's dtype: a bf16-cast model's next Linear is bf16
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One step of the recurrence: x [B, d_in], h [B, d_hidden] -> new h."""
+        """One step of the recurrence: x [B, d_in], h [B, d_hidden] -> new h (in the scan's dtype)."""
+        check_layer_input(x, h, self.d_in, self.d_hidden, step=True)
         d, cand = self._gates(x)
         return torch.sigmoid(-d) * h + torch.sigmoid(d) * g(cand)

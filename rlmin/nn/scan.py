@@ -3,7 +3,8 @@
 Paths (all take ``a, b: [B, T, D]`` and ``h0: [B, D] | None`` (zeros) and return ``h: [B, T, D]``):
 
 - :func:`scan_reference` -- the plain autograd loop. It judges every other path in the tests.
-- :func:`scan_log` -- the paper's log-space scan (Heinsen 2023); takes logs, needs ``b > 0, h0 > 0``.
+- :func:`scan_log` -- the paper's log-space scan (Heinsen 2023); takes logs, needs ``b > 0, h0 > 0``;
+  :func:`scan_log_h0` -- the same with h0 carried in linear space (any h0, 0 included).
 - :func:`scan_sequential` -- the CPU-fast path: an ``autograd.Function`` whose forward is the loop
   run without autograd into one preallocated output, and whose backward is the hand-written
   reverse scan. float32/float64 compute in their own dtype; bfloat16/float16 compute in float32
@@ -57,7 +58,7 @@ def scan_reference(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = N
     Iterates with ``unbind(1)`` (slicing ``x[:, t]`` in a loop makes backward O(T^2)).
     """
     _check(a, b, h0)
-    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
+    h = b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0  # not zeros_like(b[:, 0]): T may be 0
     out = []
     for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
         h = a_t * h + b_t
@@ -67,20 +68,36 @@ def scan_reference(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = N
     return torch.stack(out, dim=1)
 
 
+def _log_space(log_a: torch.Tensor, log_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h from a zero state, a* = cumsum(log a)): log h = a* + logcumsumexp(log b - a*)."""
+    a_star = log_a.cumsum(dim=1)
+    return (a_star + torch.logcumsumexp(log_b - a_star, dim=1)).exp(), a_star
+
+
 def scan_log(log_a: torch.Tensor, log_b: torch.Tensor, log_h0: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's log-space scan (Heinsen): h from log a, log b, log h0 (needs b > 0 and h0 > 0).
 
     a* = cumsum(log a), log h = a* + logcumsumexp(log b - a*), with log h0 at position 0.
-    Returns h (not log h).
+    Returns h (not log h). An h0 that may be 0 (a fresh state) has no log: use :func:`scan_log_h0`.
     """
     _check(log_a, log_b, log_h0, names=("log_a", "log_b", "log_h0"))
     if log_h0 is not None:
         log_a = F.pad(log_a, (0, 0, 1, 0))
         log_b = torch.cat([log_h0.unsqueeze(1), log_b], dim=1)
-    a_star = log_a.cumsum(dim=1)
-    log_h = a_star + torch.logcumsumexp(log_b - a_star, dim=1)
-    h = log_h.exp()
+    h, _ = _log_space(log_a, log_b)
     return h[:, 1:] if log_h0 is not None else h
+
+
+def scan_log_h0(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """The log-space scan from a zero state, plus h0 carried in linear space (needs b > 0 only).
+
+    h_t = scan_log(log a, log b)_t + (a_1 ... a_t) h0: exact for any h0, zero and negative included
+    (they have no log), and d h_t / d h0 = a_1 ... a_t at h0 = 0 too (clamping h0 to a tiny positive
+    value to take its log, as before, made that gradient 0).
+    """
+    _check(log_a, log_b, h0, names=("log_a", "log_b", "h0"))
+    h, a_star = _log_space(log_a, log_b)
+    return h if h0 is None else torch.addcmul(h, a_star.exp(), h0.unsqueeze(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,15 +229,15 @@ def triton_available() -> bool:
 
 
 def _scan_log_from_linear(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """Log-space path on linear-space inputs; valid only for a > 0, b > 0, h0 > 0 (else NaN/-inf)."""
-    return scan_log(a.log(), b.log(), None if h0 is None else h0.log())
+    """Log-space path on linear-space inputs; valid only for a > 0, b > 0 (else NaN/-inf); any h0."""
+    return scan_log_h0(a.log(), b.log(), h0)
 
 
 def scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t over dim 1 of [B, T, D]; h0 is [B, D] or None (zeros).
 
     impl: "auto" (Triton for CUDA tensors when triton imports, else "sequential"), "reference"
-    (plain autograd loop), "log" (the paper's log-space path, needs a, b, h0 > 0), "sequential"
+    (plain autograd loop), "log" (the paper's log-space path, needs a, b > 0), "sequential"
     (CPU-fast loop with hand-written backward), "triton" (CUDA, or CPU under TRITON_INTERPRET=1).
     """
     if impl not in SCAN_IMPLS:

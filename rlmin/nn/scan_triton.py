@@ -18,6 +18,19 @@ logs), so results equal the reference loop up to float rounding. Accumulation is
 (float64 for float64 inputs); outputs and grads are stored in the input dtype. Any input strides
 are read in place (no ``.contiguous()`` copies).
 
+Offsets: every stride is cast to int64 inside the kernels before it is multiplied, since triton
+passes integer arguments below 2**31 as int32 and ``t * stride_t`` can pass 2**31 for large tensors
+(a time-major view of B*D >= 2**26 channels, say) even where each stride fits.
+
+Tile size: CT timesteps per tile, from (first found) the ``ct_fwd``/``ct_bwd`` arguments of
+:func:`scan_triton`, the environment variables ``RLMIN_TRITON_CT_FWD``/``RLMIN_TRITON_CT_BWD``
+(read at each call), else :data:`CT_FWD`/:data:`CT_BWD` by accumulator dtype. Powers of 2 in [2, 128].
+
+Errors: a kernel that fails to compile or launch (no CUDA toolchain, an unsupported GPU, a
+triton/driver mismatch) raises :class:`TritonScanError`, one line naming
+``agent.backbone_options.scan_impl=sequential`` as the way around, with the original exception
+chained (``__cause__``) for whoever needs the compiler's trace.
+
 Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (the variable must be set before
 this module is imported). Only long-stable triton APIs are used (jit, program_id, arange, load,
 store, where, sum, zeros, associative_scan with a tuple of inputs, constexpr).
@@ -34,9 +47,18 @@ import triton.language as tl
 from rlmin.nn.scan import _apply_opaque, _check
 
 # Timesteps per tile (a power of 2), by accumulator: the largest that compiles for sm_90 without
-# (or, fp32 forward, with a handful of) register spills, read off the SASS. Not tuned on a GPU yet.
-_CT_FWD = {False: 32, True: 16}  # keyed by "accumulate in float64"
-_CT_BWD = {False: 16, True: 8}  # three input tiles instead of two
+# (or, fp32 forward, with a handful of) register spills, read off the SASS. Not tuned on a GPU yet:
+# scripts/gpu_check.sh measures 16 against 32 through the environment variables below.
+CT_FWD = {False: 32, True: 16}  # keyed by "accumulate in float64"
+CT_BWD = {False: 16, True: 8}  # three input tiles instead of two
+CT_ENV_FWD, CT_ENV_BWD = "RLMIN_TRITON_CT_FWD", "RLMIN_TRITON_CT_BWD"
+CT_RANGE = (2, 128)  # tl.arange needs a power of 2; beyond 128 steps a tile no longer fits in registers
+
+WAY_AROUND = "agent.backbone_options.scan_impl=sequential"
+
+
+class TritonScanError(RuntimeError):
+    """The Triton scan kernel could not be compiled or launched on this machine (one-line message)."""
 
 
 @triton.jit
@@ -55,12 +77,17 @@ def _scan_fwd_kernel(
     sh_b, sh_t, sh_d,
     HAS_H0: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr, CT: tl.constexpr,
 ):
+    # int64 strides: triton passes ints < 2**31 as int32, and CT * sa_t or rows * sa_t can overflow.
+    sa_b, sa_t, sa_d = tl.cast(sa_b, tl.int64), tl.cast(sa_t, tl.int64), tl.cast(sa_d, tl.int64)
+    sb_b, sb_t, sb_d = tl.cast(sb_b, tl.int64), tl.cast(sb_t, tl.int64), tl.cast(sb_d, tl.int64)
+    sh0_b, sh0_d = tl.cast(sh0_b, tl.int64), tl.cast(sh0_d, tl.int64)
+    sh_b, sh_t, sh_d = tl.cast(sh_b, tl.int64), tl.cast(sh_t, tl.int64), tl.cast(sh_d, tl.int64)
     pid = tl.program_id(0)
     c = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # flat channel index in [0, B*D)
     cmask = c < N
     bi = c // D
     di = c % D
-    rows = tl.arange(0, CT)
+    rows = tl.arange(0, CT)  # int32: rows * sa_t is int64 through the int64 stride
     # [CT, BLOCK] tiles: CT timesteps by BLOCK channels.
     pa = a_ptr + (bi * sa_b + di * sa_d)[None, :] + rows[:, None] * sa_t
     pb = b_ptr + (bi * sb_b + di * sb_d)[None, :] + rows[:, None] * sb_t
@@ -110,6 +137,13 @@ def _scan_bwd_kernel(
 ):
     # g_t = dh_t + a_{t+1} g_{t+1} is the forward recurrence run backwards in time with
     # coefficient a_{t+1}: tiles hold CT timesteps in descending order (row r is t = T-1-k*CT-r).
+    # int64 strides, as in the forward kernel (tc is int64 too, but bi * s_b needs no int32 stride).
+    sdh_b, sdh_t, sdh_d = tl.cast(sdh_b, tl.int64), tl.cast(sdh_t, tl.int64), tl.cast(sdh_d, tl.int64)
+    sa_b, sa_t, sa_d = tl.cast(sa_b, tl.int64), tl.cast(sa_t, tl.int64), tl.cast(sa_d, tl.int64)
+    sh_b, sh_t, sh_d = tl.cast(sh_b, tl.int64), tl.cast(sh_t, tl.int64), tl.cast(sh_d, tl.int64)
+    sh0_b, sh0_d = tl.cast(sh0_b, tl.int64), tl.cast(sh0_d, tl.int64)
+    sg_b, sg_t, sg_d = tl.cast(sg_b, tl.int64), tl.cast(sg_t, tl.int64), tl.cast(sg_d, tl.int64)
+    sgh0_b, sgh0_d = tl.cast(sgh0_b, tl.int64), tl.cast(sgh0_d, tl.int64)
     pid = tl.program_id(0)
     c = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     cmask = c < N
@@ -180,9 +214,43 @@ def _acc_f64(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
+def _check_ct(name: str, ct) -> int:
+    lo, hi = CT_RANGE
+    if not isinstance(ct, int) or isinstance(ct, bool) or not lo <= ct <= hi or ct & (ct - 1):
+        raise ValueError(f"{name} must be a power of 2 in [{lo}, {hi}]; got {ct!r}")
+    return ct
+
+
+def tile_sizes(dtype: torch.dtype, ct_fwd: int | None = None, ct_bwd: int | None = None) -> tuple[int, int]:
+    """(CT forward, CT backward) for inputs of ``dtype``: the arguments, else the environment, else the table."""
+    f64 = _acc_f64(dtype)
+    out = []
+    for name, arg, env, table in (("ct_fwd", ct_fwd, CT_ENV_FWD, CT_FWD), ("ct_bwd", ct_bwd, CT_ENV_BWD, CT_BWD)):
+        if arg is not None:
+            out.append(_check_ct(name, arg))
+        elif os.environ.get(env):  # read per call, so one benchmark process can compare tile sizes
+            value = os.environ[env]
+            out.append(_check_ct(env, int(value) if value.isdigit() else value))
+        else:
+            out.append(table[f64])
+    return out[0], out[1]
+
+
+def _launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs); a failure to compile or launch becomes one TritonScanError line."""
+    try:
+        kernel[grid](*args, **kwargs)
+    except Exception as exc:  # CompilationError, OutOfResources, driver/toolchain errors, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:100]  # a hint, not the 200-line trace
+        raise TritonScanError(
+            f"the Triton scan kernel failed to compile or launch on {device} ({type(exc).__name__}"
+            + (f": {first}" if first else "") + f"); set {WAY_AROUND} to train without Triton"
+        ) from exc
+
+
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, h0):
+    def forward(ctx, a, b, h0, ct_fwd, ct_bwd):
         dtype = torch.promote_types(a.dtype, b.dtype)
         if h0 is not None:
             dtype = torch.promote_types(dtype, h0.dtype)
@@ -195,21 +263,23 @@ class _TritonScan(torch.autograd.Function):
             block, warps = _launch_config(n, a.device)
             h0_arg = h0 if h0 is not None else a
             sh0 = h0.stride() if h0 is not None else (0, 0)
-            _scan_fwd_kernel[(triton.cdiv(n, block),)](
+            _launch(
+                _scan_fwd_kernel, (triton.cdiv(n, block),), a.device,
                 a, b, h0_arg, h,
                 n, T, D,
                 *a.stride(), *b.stride(), *sh0, *h.stride(),
-                HAS_H0=h0 is not None, F64=_acc_f64(dtype), BLOCK=block, CT=_CT_FWD[_acc_f64(dtype)],
+                HAS_H0=h0 is not None, F64=_acc_f64(dtype), BLOCK=block, CT=ct_fwd,
                 num_warps=warps,
             )
         ctx.save_for_backward(a, h, h0)
+        ctx.ct_bwd = ct_bwd
         return h
 
     @staticmethod
     @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_h):
         a, h, h0 = ctx.saved_tensors
-        need_a, need_b, need_h0 = ctx.needs_input_grad
+        need_a, need_b, need_h0 = ctx.needs_input_grad[:3]
         need_h0 = bool(need_h0 and h0 is not None)
         B, T, D = a.shape
         n = B * D
@@ -220,30 +290,33 @@ class _TritonScan(torch.autograd.Function):
         if T == 0 or n == 0:
             if gh0 is not None:
                 gh0.zero_()
-            return ga, gb, gh0
+            return ga, gb, gh0, None, None
         block, warps = _launch_config(n, a.device)
         sg = (ga if ga is not None else gb if gb is not None else h).stride()
         h0_arg = h0 if h0 is not None else a
         sh0 = h0.stride() if h0 is not None else (0, 0)
-        _scan_bwd_kernel[(triton.cdiv(n, block),)](
+        _launch(
+            _scan_bwd_kernel, (triton.cdiv(n, block),), a.device,
             grad_h, a, h, h0_arg,
             ga if ga is not None else h, gb if gb is not None else h, gh0 if gh0 is not None else h,
             n, T, D,
             *grad_h.stride(), *a.stride(), *h.stride(), *sh0, *sg,
             *(gh0.stride() if gh0 is not None else (0, 0)),
             HAS_H0=h0 is not None, NEED_A=need_a, NEED_B=need_b, NEED_H0=need_h0,
-            F64=_acc_f64(h.dtype), BLOCK=block, CT=_CT_BWD[_acc_f64(h.dtype)],
+            F64=_acc_f64(h.dtype), BLOCK=block, CT=ctx.ct_bwd,
             num_warps=warps,
         )
-        return ga, gb, gh0
+        return ga, gb, gh0, None, None
 
 
-def scan_triton(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+def scan_triton(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
+                ct_fwd: int | None = None, ct_bwd: int | None = None) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t over dim 1 with Triton kernels (forward and backward).
 
     a, b: [B, T, D] (any strides); h0: [B, D] or None (zeros). CUDA tensors, or CPU tensors when
     TRITON_INTERPRET=1 was set before this module was imported. Accumulates in float32 (float64
-    for float64 inputs); returns the input dtype.
+    for float64 inputs); returns the input dtype. ct_fwd / ct_bwd: timesteps per tile (see
+    :func:`tile_sizes`). A kernel that cannot be compiled or launched raises :class:`TritonScanError`.
     """
     _check(a, b, h0)
     if not a.is_cuda and not _interpreting():
@@ -251,7 +324,11 @@ def scan_triton(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
             f"scan_triton needs CUDA tensors (got device {a.device}); on CPU use impl='sequential', "
             "or set TRITON_INTERPRET=1 before importing rlmin.nn.scan_triton to run the kernels interpreted"
         )
+    dtype = torch.promote_types(a.dtype, b.dtype)  # the accumulator follows it (see _TritonScan)
+    if h0 is not None:
+        dtype = torch.promote_types(dtype, h0.dtype)
+    cts = tile_sizes(dtype, ct_fwd, ct_bwd)
     if a.is_cuda:
         with torch.cuda.device(a.device):
-            return _apply_opaque(_TritonScan, a, b, h0)
-    return _apply_opaque(_TritonScan, a, b, h0)
+            return _apply_opaque(_TritonScan, a, b, h0, *cts)
+    return _apply_opaque(_TritonScan, a, b, h0, *cts)

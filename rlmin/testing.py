@@ -1,0 +1,114 @@
+"""``check_agent(cls)``: the contract every registered agent must keep (as Gymnasium's ``check_env``).
+
+Run it on your own agent class before registering it::
+
+    from rlmin.testing import check_agent
+    check_agent(MyAgent)               # raises AssertionError saying which rule broke
+
+It builds the agent on a small random data spec and checks: typed options (an unknown option is
+refused naming it), a finite scalar loss whose gradient reaches the parameters and ignores
+padding, pure ``act`` (the state passed in is not changed), actions of the right shape in
+[-1, 1], ``done`` resetting exactly its rows, every acting mode, and a rebuild from the saved
+options and state dict that acts identically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from rlmin.spec import DataSpec
+
+OBS, ACT, SEQ, ENVS = 5, 2, 4, 3
+
+
+def _batch(gen: torch.Generator, batch: int = 4) -> dict:
+    mask = torch.ones(batch, SEQ, dtype=torch.bool)
+    mask[0, SEQ // 2:] = False  # a short segment, padded on the right
+    batch_ = {
+        "observations": torch.randn(batch, SEQ, OBS, generator=gen),
+        "actions": torch.rand(batch, SEQ, ACT, generator=gen) * 2 - 1,
+        "rewards": torch.randn(batch, SEQ, generator=gen),
+        "returns_to_go": torch.rand(batch, SEQ, generator=gen) * 100,
+        "timesteps": torch.arange(SEQ).expand(batch, SEQ).clone(),
+        "mask": mask,
+    }
+    for key in ("observations", "actions", "returns_to_go"):  # garbage where nothing is real
+        batch_[key][~mask] = float("nan")
+    return batch_
+
+
+def _act_episode(agent, steps: int = 6, seed: int = 0, done_at: int | None = None):
+    gen = np.random.default_rng(seed)
+    state, reward, actions = agent.reset(ENVS, 100.0), None, []
+    for t in range(steps):
+        obs = gen.normal(size=(ENVS, OBS))
+        done = None
+        if done_at is not None and t == done_at:
+            done = np.array([True] + [False] * (ENVS - 1))
+        before = {k: v.clone() for k, v in state.items()}
+        action, new_state = agent.act(obs, reward, state, done)
+        assert all(torch.equal(before[k], state[k]) for k in state), \
+            "act changed the state passed in: it must return a new dict"
+        action = np.asarray(action)
+        assert action.shape == (ENVS, ACT), f"act returned shape {action.shape}, want {(ENVS, ACT)}"
+        assert np.all(np.isfinite(action)) and np.all(np.abs(action) <= 1 + 1e-6), \
+            "actions must be finite and in [-1, 1]"
+        assert all(v.shape[0] == ENVS for v in new_state.values()), "state tensors: n_envs first"
+        state, reward = new_state, gen.normal(size=ENVS)
+        actions.append(action)
+    return np.stack(actions)
+
+
+def check_agent(cls, options=None) -> None:
+    """Raise AssertionError unless ``cls`` (with ``options``, default ``cls.Options()``) keeps
+    rlmin's agent contract."""
+    assert dataclasses.is_dataclass(cls.Options), f"{cls.__name__}.Options must be a dataclass"
+    options = cls.Options() if options is None else options
+    try:
+        cls.options_from_dict({"surely_not_an_option": 1})
+    except ValueError as e:
+        assert "surely_not_an_option" in str(e), f"the unknown-option error must name the key: {e}"
+    else:
+        raise AssertionError(f"{cls.__name__} accepted an unknown option")
+    json.dumps(dataclasses.asdict(options))  # options must be plain values (checkpoints, JSON)
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    spec = DataSpec(OBS, ACT, np.zeros(OBS), np.full(OBS, 2.0), seq_len=SEQ, max_episode_steps=16)
+    agent = cls(spec, options).double()
+    loss, metrics = agent.loss({k: v.double() if v.is_floating_point() else v
+                                for k, v in _batch(gen).items()})
+    assert loss.dim() == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}"
+    assert all(isinstance(v, float) for v in metrics.values()), "metrics must be python floats"
+    loss.backward()
+    grads = [p.grad for p in agent.parameters() if p.grad is not None]
+    assert grads, "the loss reaches no parameter"
+    assert all(torch.isfinite(g).all() for g in grads), "NaN in padding reached the gradients"
+
+    agent.eval()
+    first = _act_episode(agent)
+    assert np.array_equal(first, _act_episode(agent)), "acting is not deterministic"
+    reset = _act_episode(agent, done_at=3)
+    fresh = _act_episode(agent, seed=0, steps=3)
+    assert np.allclose(reset[:3], fresh), "a done on one row changed the steps before it"
+    assert np.allclose(reset[3:, 1:], first[3:, 1:]), "done on row 0 changed other rows"
+
+    for mode in cls.act_modes:
+        try:
+            cls.check_act_mode(options, mode)
+        except ValueError:
+            continue  # a mode these options cannot use (e.g. carry for a transformer)
+        before = agent.act_mode
+        with agent.acting(mode):
+            assert agent.act_mode == mode
+            _act_episode(agent)
+        assert agent.act_mode == before, "acting(mode) did not restore the agent's mode"
+
+    clone = cls(DataSpec.from_dict(spec.to_dict()), cls.options_from_dict(
+        json.loads(json.dumps(agent.options_dict())))).double()
+    clone.load_state_dict(agent.state_dict())
+    assert np.allclose(_act_episode(clone.eval()), first), \
+        "an agent rebuilt from its options and state dict acts differently"
