@@ -92,3 +92,25 @@ def test_summarize():
     assert s["ci_low"] < 2.5 < s["ci_high"]
     one = stats.summarize([5.0])
     assert one["std"] is None and one["ci_low"] == one["ci_high"] == 5.0
+
+
+def test_stratified_ci_resamples_within_each_group():
+    # each resample keeps 3 zeros and 3 hundreds: the pooled IQM is always 50
+    assert stats.stratified_bootstrap_ci([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]]) == (50.0, 50.0)
+    lo, hi = stats.bootstrap_ci([0.0, 0.0, 0.0, 100.0, 100.0, 100.0], "iqm", n_resamples=2000)
+    assert lo < 50.0 < hi  # pooled without strata, the mix of the two varies
+    # the extremes of a stratified draw: all 10s with all 50s (IQM 30), all 30s with all 70s (50)
+    lo, hi = stats.stratified_bootstrap_ci([[10.0, 20.0, 30.0], [50.0, 60.0, 70.0]], n_resamples=2000)
+    assert 30.0 - 1e-9 <= lo < stats.iqm([10, 20, 30, 50, 60, 70]) == pytest.approx(40.0) < hi <= 50.0 + 1e-9
+    assert stats.stratified_bootstrap_ci([[1.0, 2.0], [3.0]], seed=1) == \
+        stats.stratified_bootstrap_ci([[1.0, 2.0], [3.0]], seed=1)
+
+
+def test_one_group_is_the_plain_bootstrap():
+    x = np.random.default_rng(2).normal(size=9)
+    assert stats.stratified_bootstrap_ci([x], "mean", seed=5) == stats.bootstrap_ci(x, seed=5)
+    assert stats.stratified_bootstrap_ci([[4.0], [6.0]]) == (5.0, 5.0)  # nothing to resample
+    with pytest.raises(ValueError, match="every group"):
+        stats.stratified_bootstrap_ci([[1.0], []])
+    with pytest.raises(ValueError, match="every group"):
+        stats.stratified_bootstrap_ci([])
