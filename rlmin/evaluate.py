@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rlmin.registry import TASKS, load_group
 from rlmin.scores import normalized_score
 from rlmin.spec import EvalSpec
 
@@ -192,6 +193,7 @@ def evaluate(
     if not all(math.isfinite(t) for t in targets):
         raise ValueError(f"target returns must be finite numbers, got {targets}")
 
+    load_group(TASKS)  # task packages set up their envs on import (e.g. MuJoCo's warning log)
     make_kwargs = {}
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = int(max_episode_steps)
