@@ -10,6 +10,7 @@ Where policies are looked up: ``envs/policies`` (shipped with the project), or t
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -81,6 +82,15 @@ SHIPPED_POLICIES_DIR = Path(__file__).parent / "policies"
 def policies_dir() -> Path:
     """``RLMIN_POLICIES_DIR`` if set, else the shipped ``envs/policies``."""
     return Path(os.environ.get(POLICIES_DIR_ENV) or SHIPPED_POLICIES_DIR)
+
+
+def weights_digest(actor: GaussianActor) -> str:
+    """sha256 of an actor's weights alone: equal for the same actor saved with other metadata."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(actor.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def shipped_policy_path(env_name: str, level: str) -> Path:

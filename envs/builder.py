@@ -42,6 +42,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -50,7 +51,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.behaviour import load_actor, replay_series_path, shipped_policy_path
+from envs.behaviour import load_actor, replay_series_path, shipped_policy_path, weights_digest
 from rlmin.data.minari_io import (
     BEHAVIOUR_RETURN_KEY,
     building,
@@ -258,7 +259,7 @@ def _collect(task: Task, dataset_id: str, segments: list[Segment], *, seed: int,
     from tqdm import tqdm
 
     reset_seeds = np.random.default_rng(seed)
-    stats, all_returns = [], []
+    stats, all_returns, started = [], [], time.time()
     total = sum(s.n_steps for s in segments)
     with building(dataset_id, overwrite=overwrite):
         env = gym.make(task.env_id, max_episode_steps=max_episode_steps or task.max_episode_steps)
@@ -293,8 +294,9 @@ def _collect(task: Task, dataset_id: str, segments: list[Segment], *, seed: int,
                     dataset_id=dataset_id, eval_env=task.env_id, algorithm_name=algorithm_name,
                     author=AUTHOR, code_permalink=CODE, description=description,
                     ref_min_score=refs.ref_min, ref_max_score=refs.ref_max)
+            recipe = {**recipe, "seconds": round(time.time() - started, 1)}
             if len(segments) > 1:
-                recipe = {**recipe, "segments_built": stats}
+                recipe["segments_built"] = stats
             write_metadata(dataset.storage.data_path,
                            {BEHAVIOUR_RETURN_KEY: float(np.mean(all_returns)), **refs.metadata(),
                             RECIPE_KEY: recipe})
@@ -433,7 +435,7 @@ def make_replay_series(run_dir: str | Path, medium_step: int, out_dir: str | Pat
                                 else f"{run_dir} holds no actor_<step>.pt snapshots")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-    medium_meta = load_actor(run_dir / f"actor_{medium_step}.pt")[1]
+    medium_actor, medium_meta = load_actor(run_dir / f"actor_{medium_step}.pt")
     if learning_starts is None:
         learning_starts = medium_meta.get("learning_starts")
         ls_source = "actor metadata" if learning_starts is not None else "SB3's default"
@@ -482,7 +484,8 @@ def make_replay_series(run_dir: str | Path, medium_step: int, out_dir: str | Pat
         "steps": medium_step, "episodes": total_episodes,
         "medium_policy": {"file": f"actor_{medium_step}.pt",
                           "sha256": _sha256(run_dir / f"actor_{medium_step}.pt"),
-                          "metadata": medium_meta},
+                          "weights_sha256": weights_digest(medium_actor),  # matches the shipped
+                          "metadata": medium_meta},                        # medium's, re-saved
         "how": SERIES_HOW, "differs_from_d4rl": DIFFERS_FROM_D4RL,
         "snapshots": entries,
     }

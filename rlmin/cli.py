@@ -147,14 +147,15 @@ def cmd_data_build(args) -> int:
         dataset_id = build(args.env, args.level, n_steps=args.steps, policy_path=args.policy,
                            sac_run_dir=args.sac_run, seed=args.seed, overwrite=args.overwrite,
                            **extra)
-    except (FileExistsError, RegistryError) as e:  # an existing dataset, an unknown task
+    except (FileExistsError, RegistryError, ValueError) as e:  # existing, unknown task/level...
         raise UsageError(str(e)) from e
     except BuildLockedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     row = describe_dataset(load_minari(dataset_id))
     print(f"built {dataset_id} at {row['path']}: {row['steps']:,} steps, {row['episodes']:,} "
-          f"episodes, behaviour return {_fmt(row['behaviour_return'])}")
+          f"episodes, behaviour return {_fmt(row['behaviour_return'])} ± "
+          f"{_fmt(row['behaviour_std'])}")
     print(reference_note(row))
     return 0
 
@@ -166,8 +167,8 @@ def cmd_data_list(args) -> int:
     if not rows:
         print("no local Minari datasets (MINARI_DATASETS_PATH or ~/.minari/datasets)")
         return 0
-    cols = ["id", "status", "steps", "episodes", "behaviour_return", "ref_min", "ref_max",
-            "normalised"]
+    cols = ["id", "status", "steps", "episodes", "behaviour_return", "behaviour_std", "ref_min",
+            "ref_max", "normalised", "build_seconds"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")

@@ -62,8 +62,9 @@ def read_results(path, planned: dict | None = None) -> dict:
         commands = [ln for ln in (run_dir / COMMAND_FILE).read_text().splitlines()
                     if ln.strip() and not ln.startswith("#")]
     return {
-        "path": str(path), "run_dir": str(run_dir), "dataset_id": spec.get("dataset_id"),
-        "task": task, "level": level, "task_config": config_name, "env_id": spec.get("env_id"),
+        "path": str(path), "run_dir": str(run_dir), "task": task, "level": level,
+        "dataset_id": spec.get("dataset_id") or ds.get("id"), "task_config": config_name,
+        "env_id": spec.get("env_id") or res.get("env_id"),
         "label": str(res.get("label") or res.get("backbone") or res.get("agent")),
         "agent": res.get("agent"), "seed": res.get("seed"), "steps": res.get("step"),
         "targets": targets, "ref_min": spec.get("ref_min"), "ref_max": spec.get("ref_max"),
@@ -118,7 +119,7 @@ def collect(out_dir) -> list[dict]:
     for path in sorted(Path(out_dir).rglob(RESULTS)):
         try:
             records.append(read_results(path, planned.get(path.parent.resolve())))
-        except (json.JSONDecodeError, OSError, AttributeError, TypeError) as e:
+        except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError) as e:
             print(f"warning: skipping {path}: {e}", file=sys.stderr)
     mark_variants(records)
     return records
@@ -137,7 +138,9 @@ def mark_variants(records: Sequence[dict]) -> None:
             per_dataset.setdefault(rec["dataset_id"], []).append(rec["settings"])
         keys = sorted({k for settings in per_dataset.values() for s in settings for k in s
                        if len({repr(o.get(k)) for o in settings}) > 1})
-        for rec in recs if keys else ():
+        if not keys:
+            continue
+        for rec in recs:
             rec["label"] += " [" + ", ".join(f"{k}={rec['settings'].get(k)}" for k in keys) + "]"
 
 
@@ -191,9 +194,8 @@ def dataset_rows(records: Sequence[dict], n_resamples: int | None = None,
             "best_normalized": stats.summarize(best, **kw) if None not in best else None,
             "published": [asdict(p) for p in published.get((first["task"], first["level"]), [])],
             "ref": {"min": first["ref_min"], "max": first["ref_max"], "source": first["ref_source"]},
-            "behaviour_normalized": first["behaviour_normalized"],
+            "behaviour_normalized": first["behaviour_normalized"], "warnings": [],
         }
-        row["warnings"] = []
         if len(set(row["seeds"])) != len(row["seeds"]):
             row["warnings"].append(f"repeated seeds {row['seeds']}: runs from different grids mixed?")
         if len({(r["ref_min"], r["ref_max"]) for r in recs}) > 1:
@@ -344,9 +346,9 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "**What the numbers are.** Minari datasets, evaluated in Gymnasium v5 MuJoCo envs. "
         "Normalised score = 100 · (R − ref_min) / (ref_max − ref_min) with each dataset's "
         "reference returns (listed below with their source). Runs are averaged only when they "
-        "share the resolved dataset id. Scores published on other benchmarks (the DT paper's "
-        "D4RL-v2 numbers: v2 envs, D4RL's datasets and reference returns) sit in their own "
-        "columns, named with their benchmark, for orientation only: they are not comparable.", "",
+        "share the resolved dataset id. Scores that papers published on other benchmarks sit in "
+        "their own columns, each named with its benchmark (D4RL-v2: v2 envs, D4RL's datasets "
+        "and reference returns), for orientation only: they are not comparable.", "",
         "**Headline rule.** The last-iterate policy (after the final training step). Per agent: "
         "the interquartile mean (IQM) over all its runs, every dataset and seed, of the "
         "normalised score at each run's first target return (the task's higher one); its 95% CI "

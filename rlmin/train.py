@@ -91,6 +91,20 @@ def build_scheduler(optimizer, warmup_steps: int):
         optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
 
 
+def optimizer_step(agent: nn.Module, loss: torch.Tensor, optimizer, scheduler,
+                   grad_clip: float) -> float | None:
+    """Backward, clip, AdamW and schedule steps; returns the gradient norm, or None (and no
+    step) when it is not finite. The benchmarks time this same function."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(nn.utils.clip_grad_norm_(agent.parameters(), grad_clip or math.inf))
+    if not math.isfinite(grad_norm):
+        return None
+    optimizer.step()
+    scheduler.step()
+    return grad_norm
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -229,15 +243,9 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 loss_value = float(loss.detach())
             if not math.isfinite(loss_value):  # the same value on every rank: all stop together
                 raise nonfinite(f"non-finite loss ({loss_value})", step, run_dir)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(agent.parameters(),
-                                                       cfg.train.grad_clip or math.inf))
-            if not math.isfinite(grad_norm):  # gradients are synchronised: the same on every rank
-                raise nonfinite(f"non-finite gradient norm ({grad_norm}) with loss {loss_value}",
-                                step, run_dir)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = optimizer_step(agent, loss, optimizer, scheduler, cfg.train.grad_clip)
+            if grad_norm is None:  # gradients are synchronised: the same on every rank
+                raise nonfinite(f"non-finite gradient norm with loss {loss_value}", step, run_dir)
             step += 1
             if log:
                 log.step(step, loss_value, metrics, grad_norm, scheduler.get_last_lr()[0])

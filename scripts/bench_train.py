@@ -4,11 +4,11 @@
     python scripts/bench_train.py --quick               # a smoke run: fewer steps, B=8 for episodes
     python scripts/bench_train.py --threads 2 --out runs/bench/train.json
 
-One optimizer step = ``agent.loss(batch)`` + ``backward`` + gradient clipping (0.25, as the
-trainer) + an AdamW step, on a synthetic batch in the sampler's format (rlmin/agent.py: Hopper
-sizes, obs 11, act 3, every step real). The agent is ``agents.decision.DecisionAgent`` with 3
-layers, interleaved (R, s, a) tokens (DT's layout; L steps are 3L tokens) and dropout 0.1 in train
-mode, as ``rlmin train`` runs it.
+One optimizer step = ``agent.loss(batch)`` + ``rlmin.train.optimizer_step`` (backward, clip,
+AdamW, schedule: the trainer's own function, optimizer and settings from
+configs/protocols/dt.yaml), on a synthetic batch in the sampler's format (Hopper sizes, obs 11,
+act 3, every step real). The agent is built from configs/backbones/<name>.yaml as ``rlmin train``
+builds it (3 layers, interleaved (R, s, a) tokens, dropout 0.1 in train mode).
 
 Equal size: minGRU at d_model=128 (the configs' default) sets the parameter count of the whole
 agent (embeddings and head included), and every other backbone gets the d_model (a multiple of
@@ -35,60 +35,10 @@ from pathlib import Path
 
 from rlmin.cpu import tune_cpu_allocator
 from rlmin.machine import machine_info, machine_line
+from rlmin.train import build_optimizer, build_scheduler, optimizer_step
 
-BACKBONES = ("mingru", "minlstm", "transformer", "gru", "lstm")
-REFERENCE = ("mingru", 128)  # the backbone and d_model whose parameter count the others match
-OBS_DIM, ACT_DIM, N_LAYERS = 11, 3, 3
-
-
-# ----------------------------------------------------------------------------- sizes
-def build_agent(backbone: str, d_model: int, context_steps: int = 20, device: str = "cpu"):
-    from agents.decision import DecisionAgent
-
-    return DecisionAgent.build(OBS_DIM, ACT_DIM, backbone=backbone, d_model=d_model,
-                               n_layers=N_LAYERS, context_steps=context_steps,
-                               max_timestep=1000).to(device)
-
-
-def param_count(backbone: str, d_model: int, context_steps: int = 20) -> int:
-    return sum(p.numel() for p in build_agent(backbone, d_model, context_steps).parameters())
-
-
-def matched_widths(backbones=BACKBONES, reference=REFERENCE, step: int = 4) -> dict:
-    """{backbone: (d_model, params)} with params nearest the reference's (counts grow with d)."""
-    target = param_count(*reference)
-    out = {}
-    for bb in backbones:
-        if bb == reference[0]:
-            out[bb] = (reference[1], target)
-            continue
-        lo, hi = 1, 1024 // step  # d = k * step; bisect the smallest k with params >= target
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if param_count(bb, mid * step) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        cands = [k * step for k in (lo - 1, lo) if k >= 1]
-        d = min(cands, key=lambda c: abs(param_count(bb, c) - target))
-        out[bb] = (d, param_count(bb, d))
-    return out
-
-
-# ----------------------------------------------------------------------------- one case (child)
-def synthetic_batch(batch: int, length: int, seed: int = 0) -> dict:
-    """A batch in the sampler's format; every step real (mask all True)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "observations": torch.randn(batch, length, OBS_DIM, generator=g),
-        "actions": torch.rand(batch, length, ACT_DIM, generator=g) * 2 - 1,
-        "rewards": torch.rand(batch, length, generator=g),
-        "returns_to_go": torch.rand(batch, length, generator=g) * 3000,
-        "timesteps": torch.arange(length).expand(batch, length).clone(),
-        "mask": torch.ones(batch, length, dtype=torch.bool),
-    }
+from bench_common import (BACKBONES, REFERENCE, build_agent, matched_widths, parse_backbones,
+                          synthetic_batch)
 
 
 def _peak_rss_mb() -> float | None:
@@ -101,15 +51,6 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
-def parse_backbones(ap: argparse.ArgumentParser, text: str) -> list[str]:
-    """The comma-separated --backbones list, checked (argparse error on an unknown name)."""
-    backbones = text.split(",")
-    bad = [b for b in backbones if b not in BACKBONES]
-    if bad:
-        ap.error(f"unknown backbones {bad}; choose from {', '.join(BACKBONES)}")
-    return backbones
-
-
 def run_case(spec: dict) -> dict:
     """Time optimizer steps of one (backbone, d_model, L, batch); returns a result row."""
     import torch
@@ -118,21 +59,20 @@ def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = spec.get("device", "cpu")
-    agent = build_agent(spec["backbone"], spec["d_model"], spec["length"], device).train()
+    agent, cfg = build_agent(spec["backbone"], spec["d_model"], spec["length"], device)
+    agent.train()
     params = sum(p.numel() for p in agent.parameters())
-    opt = torch.optim.AdamW(agent.parameters(), lr=1e-4, weight_decay=1e-4)
+    opt = build_optimizer(agent, cfg.train)  # the trainer's AdamW, groups and schedule
+    sched = build_scheduler(opt, cfg.train.warmup_steps)
     batch = {k: v.to(device) for k, v in synthetic_batch(spec["batch"], spec["length"]).items()}
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def one_step():
+    def one_step():  # what `rlmin train` runs per step (rlmin.train.optimizer_step)
         loss, _ = agent.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.25)
-        opt.step()
+        optimizer_step(agent, loss, opt, sched, cfg.train.grad_clip)
 
     for _ in range(spec["warmup"]):
         one_step()
@@ -203,7 +143,7 @@ def main(argv=None) -> dict:
     widths = matched_widths(backbones if REFERENCE[0] in backbones else
                             [REFERENCE[0], *backbones])
     print(machine_line(info))
-    print(f"threads {args.threads} | device {args.device} | {N_LAYERS} layers, interleaved tokens, "
+    print(f"threads {args.threads} | device {args.device} | the backbone configs (3 layers), interleaved tokens, "
           f"dropout 0.1 | step = loss + backward + clip + AdamW")
     print(f"parameter match (whole agent, K={args.k}) to {REFERENCE[0]} d_model={REFERENCE[1]}: "
           + ", ".join(f"{b} d={widths[b][0]} {widths[b][1]:,}" for b in backbones))
@@ -244,7 +184,7 @@ def main(argv=None) -> dict:
               + (f"{ratio:.2f}" if ratio else "-") + " |")
 
     result = {"benchmark": "train", "machine": info, "threads": args.threads,
-              "device": args.device, "quick": args.quick, "n_layers": N_LAYERS,
+              "device": args.device, "quick": args.quick, "configs": "configs/protocols/dt.yaml + configs/backbones/<name>.yaml",
               "reference": {"backbone": REFERENCE[0], "d_model": REFERENCE[1]},
               "widths": {b: {"d_model": d, "params": p} for b, (d, p) in widths.items()},
               "rows": rows}

@@ -13,6 +13,7 @@ import torch
 from agents.bc import BCAgent
 from agents.decision import DecisionAgent
 from rlmin.agent import Agent
+from rlmin.spec import DataSpec
 
 OBS, ACT, K = 5, 3, 8
 RNNS = ["mingru", "minlstm", "gru", "lstm"]
@@ -26,12 +27,18 @@ OBS_MEAN = _rng.normal(size=OBS).astype(np.float32).astype(np.float64)
 OBS_STD = _rng.uniform(0.5, 2.0, size=OBS).astype(np.float32).astype(np.float64)
 
 
-def make_agent(backbone="mingru", **options) -> DecisionAgent:
+def spec_of(seq_len=K, max_episode_steps=64, obs_mean=OBS_MEAN, obs_std=OBS_STD) -> DataSpec:
+    return DataSpec(OBS, ACT, obs_mean, obs_std, seq_len=seq_len, max_episode_steps=max_episode_steps)
+
+
+def make_agent(backbone="mingru", spec: dict | None = None, **options) -> DecisionAgent:
+    """A tiny decision agent; K comes from the spec's ``seq_len``, the timestep table's size from
+    its ``max_episode_steps``. Options go through ``options_from_dict`` (as a config's do)."""
     torch.manual_seed(0)
-    opts = dict(backbone=backbone, d_model=16, n_layers=2, context_steps=K, max_timestep=64,
+    opts = dict(backbone=backbone, d_model=16, n_layers=2,
                 return_scale=10.0)  # dropout stays at its default 0.1: act() must switch it off itself
     opts.update(options)
-    return DecisionAgent.build(OBS, ACT, OBS_MEAN, OBS_STD, **opts).double()
+    return DecisionAgent(spec_of(**(spec or {})), DecisionAgent.options_from_dict(opts)).double()
 
 
 def trajectories(n, length, seed=0, target=5.0):
@@ -176,7 +183,8 @@ def test_reward_required_after_first_step():
 
 
 def test_timesteps_beyond_max_are_clamped():
-    agent = make_agent("gru", max_timestep=4)
+    agent = make_agent("gru", spec=dict(max_episode_steps=4))
+    assert agent.max_timestep == 4 and agent.embed_timestep.num_embeddings == 4
     traj = trajectories(1, 10, seed=6)
     batch = batch_of(traj)
     clamped = dict(batch, timesteps=np.minimum(batch["timesteps"], 3))
@@ -242,8 +250,10 @@ def test_masked_loss_ignores_padding(backbone, layout):
     (dict(act_mode="replay"), "act_mode"),
     (dict(d_model=0), "d_model"),
     (dict(n_layers=True), "n_layers"),
-    (dict(context_steps=2.5), "context_steps"),
-    (dict(max_timestep=-1), "max_timestep"),
+    (dict(context_steps=20), "context_steps"),  # K is the data's (spec.seq_len), not an option
+    (dict(max_timestep=1000), "max_timestep"),  # the spec's max_episode_steps, not an option
+    (dict(spec=dict(seq_len=2.5)), "seq_len"),
+    (dict(spec=dict(max_episode_steps=-1)), "max_episode_steps"),
     (dict(return_scale=0), "return_scale"),
     (dict(dropout=1.0), "dropout"),
     (dict(timestep_embedding="yes"), "timestep_embedding"),
@@ -259,10 +269,53 @@ def test_options_validation(options, name):
         make_agent(**options)
 
 
+def test_options_are_a_typed_dataclass():
+    options = DecisionAgent.Options(backbone="transformer")
+    assert options.act_mode == "window"  # resolved once, in __post_init__
+    with pytest.raises(TypeError):
+        DecisionAgent.Options(bogus=1)  # a dataclass: no silent **kwargs
+    with pytest.raises(TypeError, match="DecisionAgent.Options"):
+        DecisionAgent(spec_of(), BCAgent.Options())  # another agent's options are refused
+    with pytest.raises(ValueError, match=r"unknown option.*'nope'"):
+        DecisionAgent.options_from_dict({"d_model": 16, "nope": 1})
+
+
 def test_transformer_context_defaults():
-    assert make_agent("transformer", token_layout="stacked").options["backbone_options"]["context"] == K
+    stacked = make_agent("transformer", token_layout="stacked")
+    assert stacked.backbone.context == K  # sized from the spec's seq_len ...
+    assert stacked.options_dict()["backbone_options"] == {}  # ... and not spliced into the options
+    assert make_agent("transformer", spec=dict(seq_len=5)).backbone.context == 3 * 5
     agent = make_agent("transformer", backbone_options=dict(context=5 * K))
     assert agent.backbone.context == 5 * K
+
+
+def test_acting_mode_changes_only_inside_acting_and_is_restored():
+    agent = make_agent("mingru")
+    assert agent.act_mode == "carry" and agent.label() == "mingru"
+    with agent.acting("window") as same:
+        assert same is agent and agent.act_mode == "window"
+        assert agent.label() == "mingru (window)" and agent.describe() == \
+            {"label": "mingru (window)", "act_mode": "window"}
+        state = agent.reset(1, 5.0)
+        assert "win_obs" in state  # acting really switched
+    assert agent.act_mode == "carry" and "backbone.0" in agent.reset(1, 5.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with agent.acting("window"):
+            raise RuntimeError("boom")
+    assert agent.act_mode == "carry", "acting() must restore the mode on an error too"
+    with agent.acting(None):  # None: the agent's own mode
+        assert agent.act_mode == "carry"
+    with pytest.raises(ValueError, match="act_mode"):
+        with agent.acting("replay"):
+            pass
+    transformer = make_agent("transformer")
+    with pytest.raises(ValueError, match="recurrent"):
+        with transformer.acting("carry"):
+            pass
+    assert transformer.act_mode == "window"
+    with pytest.raises(ValueError, match="recurrent"):
+        DecisionAgent.check_act_mode(transformer.options, "carry")
+    DecisionAgent.check_act_mode(transformer.options, "window")
 
 
 @pytest.mark.parametrize("backbone", ["minlstm", "transformer"])
@@ -271,9 +324,11 @@ def test_build_round_trip(backbone):
     with torch.no_grad():
         for p in agent.parameters():
             p.add_(0.01)
-    opts = json.loads(json.dumps(agent.options))  # plain values
+    opts = json.loads(json.dumps(agent.options_dict()))  # plain values
     assert opts["act_mode"] == ("window" if backbone == "transformer" else "carry")
-    clone = DecisionAgent.build(OBS, ACT, **opts).double()  # no normalisation given: comes from the state dict
+    spec = DataSpec.from_dict(json.loads(json.dumps(agent.spec.to_dict())))
+    assert spec.obs_mean is None  # no normalisation given: it comes from the state dict
+    clone = DecisionAgent(spec, DecisionAgent.options_from_dict(opts)).double()
     clone.load_state_dict(agent.state_dict())
     traj = trajectories(2, 6, seed=9)
     np.testing.assert_allclose(replay(clone, traj)[0], replay(agent, traj)[0], **TOL)
@@ -281,19 +336,21 @@ def test_build_round_trip(backbone):
 
 
 def test_defaults_are_dts():
-    agent = DecisionAgent.build(OBS, ACT, backbone="transformer")
+    agent = DecisionAgent(DataSpec(OBS, ACT), DecisionAgent.Options(backbone="transformer"))
     o = agent.options
-    assert (o["d_model"], o["n_layers"], o["context_steps"], o["return_scale"], o["dropout"]) == \
+    assert (o.d_model, o.n_layers, agent.context_steps, o.return_scale, o.dropout) == \
         (128, 3, 20, 1000.0, 0.1)
-    assert o["backbone_options"]["context"] == 60 and o["act_mode"] == "window"
-    assert DecisionAgent.build(OBS, ACT).options["backbone"] == "mingru"
+    assert agent.max_timestep == 1000  # DataSpec's default episode cap: the MuJoCo time limit
+    assert agent.backbone.context == 60 and o.act_mode == "window"
+    assert DecisionAgent(DataSpec(OBS, ACT)).options.backbone == "mingru"
+    assert DecisionAgent.Options().backbone == "mingru"
     assert isinstance(agent, Agent)
 
 
 # ---------------------------------------------------------------------------- behaviour cloning
 def test_bc_agent():
     torch.manual_seed(0)
-    agent = BCAgent.build(OBS, ACT, OBS_MEAN, OBS_STD, hidden=(32, 32), dropout=0.0).double()
+    agent = BCAgent(spec_of(), BCAgent.Options(hidden=[32, 32], dropout=0.0)).double()
     traj = trajectories(4, K, seed=10)
     mask = np.ones((4, K), bool)
     mask[1, 4:] = False
@@ -309,10 +366,22 @@ def test_bc_agent():
     assert state["t"].tolist() == [2, 1, 2]
     expected = agent.mlp(torch.as_tensor((traj["obs"][:3, 1] - OBS_MEAN) / OBS_STD)).detach().numpy()
     np.testing.assert_allclose(action2, expected, **TOL)
-    clone = BCAgent.build(OBS, ACT, **json.loads(json.dumps(agent.options))).double()
+    opts = json.loads(json.dumps(agent.options_dict()))
+    assert opts == {"hidden": [32, 32], "dropout": 0.0}
+    clone = BCAgent(DataSpec(OBS, ACT), BCAgent.options_from_dict(opts)).double()
     clone.load_state_dict(agent.state_dict())
     np.testing.assert_allclose(clone.act(traj["obs"][:3, 1], None, clone.reset(3))[0], action2, **TOL)
+    assert agent.label() == "bc" and agent.act_modes == ()
+    with agent.acting(None):  # no modes to choose: acting(None) is the one way
+        pass
+    with pytest.raises(ValueError, match="one way only"):
+        with agent.acting("window"):
+            pass
     with pytest.raises(ValueError, match="hidden"):
-        BCAgent.build(OBS, ACT, hidden=(0,))
+        BCAgent.Options(hidden=[0])
+    with pytest.raises(ValueError, match="hidden"):
+        BCAgent.Options(hidden=32)  # a list of widths, not one number
+    with pytest.raises(ValueError, match="dropout"):
+        BCAgent.Options(dropout=1.0)
     with pytest.raises(ValueError, match="width"):
-        BCAgent.build(OBS, ACT, width=3)
+        BCAgent.options_from_dict({"width": 3})

@@ -476,9 +476,10 @@ def describe_dataset(dataset) -> dict:
     """Id, steps, episodes, behaviour mean return (raw and normalised) and reference scores (with
     where they came from, when the builder recorded it) of one dataset."""
     meta = dataset.storage.metadata
+    returns = episode_returns(dataset) if dataset.total_episodes else np.zeros(0)
     behaviour = meta.get(BEHAVIOUR_RETURN_KEY)
-    if behaviour is None and dataset.total_episodes:
-        behaviour = float(episode_returns(dataset).mean())
+    if behaviour is None and len(returns):
+        behaviour = float(returns.mean())
     lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     normalised = None
     if behaviour is not None and lo is not None and hi is not None and hi > lo:
@@ -487,7 +488,10 @@ def describe_dataset(dataset) -> dict:
     return {"id": meta["dataset_id"], "status": "complete",
             "env_id": spec.id if spec is not None else None,
             "steps": int(dataset.total_steps), "episodes": int(dataset.total_episodes),
-            "behaviour_return": behaviour, "normalised": normalised, "ref_min": lo, "ref_max": hi,
+            "behaviour_return": behaviour,
+            "behaviour_std": float(returns.std()) if len(returns) else None,
+            "normalised": normalised, "ref_min": lo, "ref_max": hi,
+            "build_seconds": (meta.get("rlmin_recipe") or {}).get("seconds"),
             "ref_min_source": meta.get("ref_min_source"),
             "ref_max_source": meta.get("ref_max_source"), "path": str(dataset.spec.data_path)}
 
