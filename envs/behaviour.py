@@ -11,12 +11,14 @@ Where policies are looked up: ``envs/policies`` (shipped with the project), or t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's clamp, kept so exported actors act identically
 
@@ -58,7 +60,9 @@ def save_actor(actor: GaussianActor, path: str | Path, metadata: dict) -> None:
         "obs_dim": actor.latent_pi[0].in_features,
         "act_dim": actor.mu.out_features,
         "hidden": list(actor.hidden),
-        "metadata": metadata,
+        # plain JSON values only (torch.__version__ is a TorchVersion, not a str), so the file
+        # loads with weights_only=True
+        "metadata": json.loads(json.dumps(metadata, default=str)),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -67,7 +71,10 @@ def save_actor(actor: GaussianActor, path: str | Path, metadata: dict) -> None:
 
 def load_actor(path: str | Path) -> tuple[GaussianActor, dict]:
     """Load an exported actor; returns (actor, metadata)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    # weights_only: nothing in the file can run code. TorchVersion (a str subclass) is allowed
+    # because actors saved by older envs/sac.py hold torch.__version__ in their metadata.
+    with torch.serialization.safe_globals([TorchVersion]):
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     actor = GaussianActor(payload["obs_dim"], payload["act_dim"], tuple(payload["hidden"]))
     actor.load_state_dict(payload["state_dict"])
     actor.eval()

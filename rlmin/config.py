@@ -36,6 +36,9 @@ class DataConfig:
     mode: str = "segment"
     # K for segments (also the agent's window); the maximum length for whole episodes.
     seq_len: int = 20
+    # Segment mode: also give each batch up to this many steps that precede its segments, so a
+    # recurrent agent starts them from the state carry acting would have (0: off).
+    burn_in: int = 0
 
 
 @dataclass
@@ -98,7 +101,7 @@ _CHOICES = {
 _POSITIVE = ("data.seq_len", "train.steps", "train.batch_size", "train.lr", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "eval.episodes")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
-                 "train.num_threads", "eval.n_envs", "eval.max_episode_steps")
+                 "train.num_threads", "eval.n_envs", "eval.max_episode_steps", "data.burn_in")
 _SCHEMA_HINT = "See rlmin/config.py (or README.md, Config reference) for every key and its type."
 
 

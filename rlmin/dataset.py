@@ -42,7 +42,7 @@ class LoadedDataset:
 
     def sampler(self, data_cfg, batch_size: int, seed: int) -> SegmentSampler:
         return SegmentSampler(self.data, data_cfg.seq_len, batch_size, mode=data_cfg.mode,
-                              seed=seed)
+                              seed=seed, burn_in=data_cfg.burn_in)
 
     def summary(self) -> dict:
         """The data itself, as plain values (checkpoints, results.json): its id, size, behaviour

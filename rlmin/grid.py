@@ -9,10 +9,12 @@
 The grid
     A grid file (``configs/grids/<name>.yaml``) lists ``tasks`` (names of ``configs/tasks/*.yaml``),
     ``backbones`` (names of ``configs/backbones/*.yaml``), ``seeds``, ``overrides`` (``key=value``
-    for every run) and ``workers``; ``--tasks``/``--backbones``/``--seeds`` replace its lists and
-    the command line's ``key=value`` are added to its overrides. Each run composes
-    ``configs/tasks/<task>.yaml`` + ``configs/backbones/<backbone>.yaml`` + the overrides, and runs
-    as its own process: ``python -m rlmin.cli train <task.yaml> <backbone.yaml> <overrides>
+    for every run), ``backbone_overrides`` (``{backbone: [key=value, ...]}``, for agents whose
+    options differ) and ``workers``; ``--tasks``/``--backbones``/``--seeds`` replace its lists and
+    the command line's ``key=value`` come after its overrides. Each run composes
+    ``configs/tasks/<task>.yaml`` + ``configs/backbones/<backbone>.yaml`` + its backbone's
+    overrides + the shared ones + the command line's (a later value of a key wins), and runs as
+    its own process: ``python -m rlmin.cli train <task.yaml> <backbone.yaml> <overrides>
     run_dir=<out>/<task>/<backbone>/seed<k> train.seed=<k> train.progress=false
     [train.num_threads=<cores/workers>]``; its output goes to ``<run_dir>/train.log`` and its exact
     command line to ``<run_dir>/command.txt``. Every invocation of the driver is appended to
@@ -51,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 RESULTS = "results.json"
@@ -67,13 +69,15 @@ class ReproError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
-    """A grid file: what to run. ``overrides`` apply to every run; ``workers`` is the default."""
+    """A grid file: what to run. ``overrides`` apply to every run, ``backbone_overrides[name]``
+    to the runs of one backbone config (before the shared ones); ``workers`` is the default."""
 
     name: str
     tasks: tuple[str, ...]
     backbones: tuple[str, ...]
     seeds: tuple[int, ...]
     overrides: tuple[str, ...] = ()
+    backbone_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
     workers: int = 1
     description: str = ""
 
@@ -89,16 +93,19 @@ def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
         have = sorted(p.stem for p in (Path(config_root) / "grids").glob("*.yaml"))
         raise ReproError(f"no grid file {path}; choose from {', '.join(have) or '(none)'}")
     doc = yaml.safe_load(path.read_text()) or {}
-    unknown = set(doc) - {"tasks", "backbones", "seeds", "overrides", "workers", "description"}
+    unknown = set(doc) - {"tasks", "backbones", "seeds", "overrides", "backbone_overrides",
+                          "workers", "description"}
     if unknown:
         raise ReproError(f"{path}: unknown key(s) {sorted(unknown)}; a grid file has tasks, "
-                         "backbones, seeds, overrides, workers and description")
+                         "backbones, seeds, overrides, backbone_overrides, workers and description")
     missing = [k for k in ("tasks", "backbones", "seeds") if not doc.get(k)]
     if missing:
         raise ReproError(f"{path}: {', '.join(missing)} missing or empty")
+    per_backbone = {str(b): tuple(map(str, o or ()))
+                    for b, o in (doc.get("backbone_overrides") or {}).items()}
     return Grid(path.stem, tuple(doc["tasks"]), tuple(doc["backbones"]),
-                tuple(int(s) for s in doc["seeds"]), tuple(str(o) for o in doc.get("overrides") or ()),
-                int(doc.get("workers", 1)), str(doc.get("description", "")))
+                tuple(int(s) for s in doc["seeds"]), tuple(map(str, doc.get("overrides") or ())),
+                per_backbone, int(doc.get("workers", 1)), str(doc.get("description", "")))
 
 
 # ============================================================================ planning
@@ -147,16 +154,20 @@ def _config_path(kind: str, name: str, config_root: Path) -> str:
 
 
 def plan(tasks: Sequence[str], backbones: Sequence[str], seeds: Sequence[int], out_dir,
-         overrides: Sequence[str] = (), config_root: Path = CONFIG_ROOT) -> list[Run]:
-    """The grid in its fixed order: tasks, then backbones, then seeds."""
+         overrides: Sequence[str] = (), config_root: Path = CONFIG_ROOT,
+         backbone_overrides: Mapping[str, Sequence[str]] | None = None) -> list[Run]:
+    """The grid in its fixed order: tasks, then backbones, then seeds. A run's overrides are its
+    backbone's ``backbone_overrides``, then ``overrides`` (a later value of a key wins)."""
     if not tasks or not backbones or not seeds:
         raise ReproError("a grid needs at least one task, one backbone and one seed")
     if len(set(seeds)) != len(seeds):
         raise ReproError(f"seeds repeat: {list(seeds)}")
-    bad = [o for o in overrides if "=" not in o]
+    backbone_overrides = backbone_overrides or {}
+    every = [*overrides, *(o for b in backbones for o in backbone_overrides.get(b, ()))]
+    bad = [o for o in every if "=" not in o]
     if bad:
         raise ReproError(f"overrides must look like key=value, got {bad}")
-    owned = [o for o in overrides if o.split("=", 1)[0] in ("run_dir", "train.seed")]
+    owned = [o for o in every if o.split("=", 1)[0] in ("run_dir", "train.seed")]
     if owned:
         raise ReproError(f"{owned}: the driver sets run_dir and train.seed for every run itself")
     out_dir, config_root = Path(out_dir), Path(config_root)
@@ -165,9 +176,10 @@ def plan(tasks: Sequence[str], backbones: Sequence[str], seeds: Sequence[int], o
         task_file = _config_path("tasks", task, config_root)
         for backbone in backbones:
             bb_file = _config_path("backbones", backbone, config_root)
+            run_overrides = (*backbone_overrides.get(backbone, ()), *overrides)
             for seed in seeds:
                 runs.append(Run(task, backbone, int(seed), out_dir / task / backbone / f"seed{seed}",
-                                (task_file, bb_file), tuple(overrides)))
+                                (task_file, bb_file), run_overrides))
     return runs
 
 
@@ -242,7 +254,8 @@ def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | No
     if workers > 1:  # one dataset build per task, not one per worker
         seen = set()
         for r in todo:
-            key = (r.config_files[0], r.overrides)
+            key = (r.config_files[0],  # the dataset depends on the task and data.* keys only
+                   tuple(o for o in r.overrides if o.startswith("data.")))
             if key not in seen:
                 seen.add(key)
                 code = runner.prepare(r)
@@ -323,7 +336,8 @@ def write_grid(out_dir: Path, runs: Sequence[Run], info: dict) -> None:
     doc = {**info, "runs": [{"name": r.name, "task": r.task, "backbone": r.backbone,
                              "seed": r.seed, "run_dir": str(r.run_dir),
                              "task_config": r.config_files[0], "backbone_config": r.config_files[1],
-                             "command": shlex.join(r.argv())} for r in runs]}
+                             "overrides": list(r.overrides), "command": shlex.join(r.argv())}
+                            for r in runs]}
     (out_dir / GRID_FILE).write_text(json.dumps(doc, indent=1))
 
 
@@ -390,7 +404,8 @@ def cmd_run(args, runner=None, echo=print) -> int:
     overrides = list(grid.overrides if grid else ()) + list(args.overrides)
     workers = args.workers or (grid.workers if grid else 1)
     out = Path(args.out)
-    runs = plan(tasks, backbones, seeds, out, overrides, config_root)
+    runs = plan(tasks, backbones, seeds, out, overrides, config_root,
+                grid.backbone_overrides if grid else None)
     mine = shard(runs, *parse_shard(args.shard)) if args.shard else runs
     if args.dry_run:
         threads = max(1, (args.cores or available_cores()) // workers)

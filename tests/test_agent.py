@@ -260,7 +260,8 @@ def test_masked_loss_ignores_padding(backbone, layout):
     (dict(action_tanh=1), "action_tanh"),
     (dict(backbone_options=[1]), "backbone_options"),
     (dict(backbone="mamba"), "backbone"),
-    (dict(backbone="mingru", backbone_options=dict(expansion=-1)), "backbone"),
+    (dict(backbone="mingru", backbone_options=dict(expansion=-1)), "expansion"),
+    (dict(backbone="mingru", backbone_options=dict(bogus=1)), r"\['bogus'\].*mingru"),
     (dict(backbone="transformer", act_mode="carry"), "act_mode"),
     (dict(backbone="transformer", backbone_options=dict(context=K)), "context"),
 ])

@@ -122,8 +122,11 @@ class FakeRunner:
 # ----------------------------------------------------------------------------- planning
 def test_small_grid_file_expands_to_a_grid(tmp_path):
     g = grid.load_grid("small")
-    runs = grid.plan(g.tasks, g.backbones, g.seeds, tmp_path, g.overrides)
+    runs = grid.plan(g.tasks, g.backbones, g.seeds, tmp_path, g.overrides,
+                     backbone_overrides=g.backbone_overrides)
     assert len(runs) == 12 and len(g.seeds) >= 3 and g.workers == 2
+    bc = next(r for r in runs if r.backbone == "bc")  # each agent gets its own options
+    assert "agent.hidden=[64,64]" in bc.overrides and "agent.d_model=64" not in bc.overrides
     assert [r.name for r in runs[:4]] == ["hopper-medium/mingru/seed0", "hopper-medium/mingru/seed1",
                                          "hopper-medium/mingru/seed2", "hopper-medium/minlstm/seed0"]
     r = runs[0]
@@ -137,6 +140,16 @@ def test_small_grid_file_expands_to_a_grid(tmp_path):
     # a user-given thread count wins over the driver's
     own = grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.num_threads=3"])[0]
     assert [a for a in own.argv(num_threads=1) if "num_threads" in a] == ["train.num_threads=3"]
+
+
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_every_run_of_a_shipped_grid_is_a_valid_config(name, tmp_path):
+    from rlmin.config import load_config
+
+    g = grid.load_grid(name)
+    for run in grid.plan(g.tasks, g.backbones, g.seeds[:1], tmp_path, g.overrides,
+                         backbone_overrides=g.backbone_overrides):
+        load_config(list(run.config_files), list(run.overrides))  # an agent's unknown option fails
 
 
 def test_full_grid_file_and_bad_names(tmp_path):
@@ -154,6 +167,12 @@ def test_full_grid_file_and_bad_names(tmp_path):
         grid.plan(["hopper-nope"], ["mingru"], [0], tmp_path)
     with pytest.raises(grid.ReproError, match="driver sets"):
         grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["train.seed=3"])
+    with pytest.raises(grid.ReproError, match="key=value"):
+        grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, backbone_overrides={"mingru": ["x"]})
+    # the command line's overrides come last, so they win over the grid's
+    (run,) = grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path, ["agent.d_model=8"],
+                       backbone_overrides={"mingru": ["agent.d_model=64"], "bc": ["agent.hidden=[]"]})
+    assert run.overrides == ("agent.d_model=64", "agent.d_model=8")
     with pytest.raises(grid.ReproError, match="repeat"):
         grid.plan(["hopper-medium"], ["mingru"], [0, 0], tmp_path)
 

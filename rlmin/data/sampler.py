@@ -22,6 +22,15 @@ Modes
     episodes are cut to their first L steps), right-padded. Episodes are drawn uniformly
     (``weighting="length"`` draws them proportionally to length instead).
 
+Burn-in (``burn_in=N > 0``, segment mode): each batch also holds the up-to-N steps that precede
+its segments in their episodes, as ``prefix_observations`` [B, q, obs_dim], ``prefix_actions``,
+``prefix_rewards``, ``prefix_returns_to_go`` and ``prefix_timesteps``, with the same q for every
+row (no padding: a recurrent agent runs them as they are to start its segment from the state
+carry acting would have). For that, all rows of a batch start at the same offset p within their
+episodes: p is the offset of one uniformly drawn dataset step, then each row's episode is drawn
+uniformly among those longer than p. Each row is still a uniform draw over all dataset steps (as
+without burn-in); rows of one batch share p. q = min(p, N).
+
 No Python loop runs per sample: a batch is one index array [B, L] and one ``np.take`` per field.
 """
 from __future__ import annotations
@@ -44,7 +53,7 @@ class SegmentSampler:
 
     def __init__(self, data: EpisodeData, seq_len: int | None = None, batch_size: int = 64,
                  mode: str = "segment", seed: int | None = None, weighting: str | None = None,
-                 normalize_obs: bool = True):
+                 normalize_obs: bool = True, burn_in: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         seq_len = DEFAULT_SEQ_LEN[mode] if seq_len is None else seq_len
@@ -61,6 +70,11 @@ class SegmentSampler:
                              "weighting='uniform' is only for mode='episode'")
         if data.num_steps == 0:
             raise ValueError("cannot sample from an empty dataset")
+        if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
+            raise ValueError(f"burn_in must be an integer >= 0, got {burn_in!r}")
+        if burn_in and mode != "segment":
+            raise ValueError("burn_in applies to segment mode (whole episodes start at step 0)")
+        self.burn_in = int(burn_in)
 
         self.data, self.mode, self.weighting = data, mode, weighting
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
@@ -94,6 +108,14 @@ class SegmentSampler:
     def _draw_starts(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Start index and end (exclusive) of the episode, for ``b`` rows."""
         n = self.data.num_steps
+        if self.mode == "segment" and self.burn_in:
+            # One shared offset p (that of a uniform step), then episodes longer than p, uniformly:
+            # P(episode, p) = 1/n for every step, as below, but one p for the whole batch.
+            step = int(self.rng.integers(0, n))
+            offset = step - int(self._starts[np.searchsorted(self._offsets, step, side="right") - 1])
+            longer = np.flatnonzero(self._ends - self._starts > offset)
+            ep = longer[self.rng.integers(0, len(longer), size=b)]
+            return self._starts[ep] + offset, self._ends[ep]
         if self.mode == "segment":
             # Uniform over all steps == episode ∝ length, then start uniform inside it.
             start = self.rng.integers(0, n, size=b)
@@ -115,6 +137,12 @@ class SegmentSampler:
         idx = np.where(mask, idx, self._pad)
         batch = {k: np.take(v, idx, axis=0) for k, v in self._fields.items()}
         batch["mask"] = mask
+        if self.burn_in:
+            offset = int(self._fields["timesteps"][start[0]])  # shared by every row (see above)
+            q = min(offset, self.burn_in)
+            before = start[:, None] - q + np.arange(q, dtype=np.int64)[None, :]  # [B, q], all real
+            for k, v in self._fields.items():
+                batch[f"prefix_{k}"] = np.take(v, before, axis=0)
         return batch
 
     def get_state(self) -> dict:
