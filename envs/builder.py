@@ -180,10 +180,20 @@ class Refs(NamedTuple):
                 f"ref_max_score {self.ref_max:.2f} ({self.max_source})")
 
 
+def _source_of(task: Task, key: str) -> str:
+    """The part of ``task.ref_source`` about ``key`` ("ref_min 24.8: ...; ref_max 4098: ...")."""
+    text = task.ref_source
+    start = text.find(key)
+    if start < 0:
+        return text
+    end = text.find("; ref_", start + 1)
+    return text[start:end if end > 0 else None].strip()
+
+
 def _reference_scores(task: Task, ref_min, ref_max, expert: tuple[Path, dict] | None) -> Refs:
     """ref_min: the task table's random return; ref_max: the expert policy's mean return."""
     if ref_min is None:
-        ref_min, min_how = task.ref_min, f"task table: {task.ref_source.split(';')[0]}"
+        ref_min, min_how = task.ref_min, f"task table: {_source_of(task, 'ref_min')}"
     else:
         min_how = "given by the caller"
     if ref_max is not None:
@@ -194,7 +204,7 @@ def _reference_scores(task: Task, ref_min, ref_max, expert: tuple[Path, dict] | 
     else:
         ref_max = task.ref_max
         max_how = (f"no expert policy with a recorded return was found, so the task table's: "
-                   f"{task.ref_source.split(';')[-1].strip()}")
+                   f"{_source_of(task, 'ref_max')}")
     ref_min, ref_max = float(ref_min), float(ref_max)
     if not ref_max > ref_min:
         raise ValueError(f"ref_max_score {ref_max} ({max_how}) must exceed ref_min_score "

@@ -184,6 +184,29 @@ def cmd_repro(args) -> int:
     return run_command(args)
 
 
+def cmd_configs(args) -> int:
+    """The shipped configs, by folder, as paths `rlmin train` accepts from any directory."""
+    for folder in sorted(p for p in CONFIG_ROOT.iterdir() if p.is_dir()):
+        names = " ".join(f.stem for f in sorted(folder.glob("*.yaml")))
+        print(f"configs/{folder.name}/: {names}")
+    print(f"configs/quickstart.yaml\n(shipped in {CONFIG_ROOT})")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from rlmin.runs import list_runs
+
+    rows = list_runs(Path(args.dir))
+    if not rows:
+        print(f"no runs under {args.dir}")
+        return 0
+    cols = ["run", "dataset", "agent", "step", "status", "score"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    return 0
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
@@ -232,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("configs", help="list the shipped configs")
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("runs", help="list runs: dataset, agent, step, status, headline score")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run dirs (default runs)")
+    p.set_defaults(func=cmd_runs)
 
     data = sub.add_parser("data", help="local Minari datasets").add_subparsers(
         dest="data_command", required=True)

@@ -25,22 +25,99 @@ Fixtures (all tests may use them):
     arrays' widths. Extra keyword arguments go to Minari's metadata (``ref_min_score=...``; the
     two ref scores are written even without an env, which Minari itself would drop).
 
+``tiny_config`` (session) -> TinyConfig
+    THE builder of seconds-long training configs on ``tiny_hopper_id`` (d_model 16, one layer,
+    12 steps, one evaluation episode of at most ``TINY_EVAL_STEPS`` steps):
+    ``tiny_config(run_dir, "train.steps=3", ...)`` -> a validated ``Config``;
+    ``tiny_config.yaml(path, ...)`` writes the same values as a YAML file (for ``rlmin train``,
+    subprocesses, torchrun); ``tiny_config.overrides(...)`` -> the ``key=value`` list itself.
+    ``dataset=`` picks another dataset; ``agent.name=bc`` (or any registered agent) swaps the
+    tiny decision-agent options for that agent's (``TINY_AGENT_OPTIONS``; none for others).
+``restore_torch_threads`` (function, autouse)
+    ``train.num_threads=1`` sets torch's process-wide thread count: every test gets its own
+    back. Module-scoped fixtures that train wrap themselves in ``torch_threads_kept()``.
+
 Datasets written in the session folder stay for the session: use unique ids.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 TINY_HOPPER_ID = "test/hopper/tiny-v0"
 TINY_MAX_STEPS = 30
 TINY_MIN_EPISODES = 3
 TINY_SEED = 0
 TINY_REF = (1.0, 101.0)  # (ref_min_score, ref_max_score) stored in its metadata
+TINY_EVAL_STEPS = 15  # time limit of a tiny run's evaluation episode
+
+# Every tiny run: a few dozen steps of compute, one short evaluation episode.
+TINY_OVERRIDES = (
+    "data.seq_len=10",
+    "train.steps=12", "train.batch_size=8", "train.warmup_steps=2", "train.lr=1e-3",
+    "train.log_every=1", "train.checkpoint_every=5", "train.num_threads=1",
+    "train.progress=false", "train.device=cpu",
+    "eval.episodes=1", "eval.target_returns=[100]", f"eval.max_episode_steps={TINY_EVAL_STEPS}",
+)
+# Each shipped agent at a tiny size (only the agent named by agent.name gets its options).
+TINY_AGENT_OPTIONS = {
+    "decision": ("agent.d_model=16", "agent.n_layers=1", "agent.dropout=0.0"),
+    "bc": ("agent.hidden=[16,16]", "agent.dropout=0.0"),
+}
+
+
+@contextlib.contextmanager
+def torch_threads_kept():
+    """Restore torch's thread count afterwards (``train.num_threads`` sets it process-wide)."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    with torch_threads_kept():
+        yield
+
+
+class TinyConfig:
+    """Tiny training configs on one dataset; see the module docstring (``tiny_config``)."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+
+    def overrides(self, *extra: str, run_dir=None, dataset: str | None = None) -> list[str]:
+        name = "decision"
+        for item in extra:
+            if item.startswith("agent.name="):
+                name = item.split("=", 1)[1]
+        out = [f"data.dataset={dataset or self.dataset}", *TINY_OVERRIDES,
+               *TINY_AGENT_OPTIONS.get(name, ())]
+        if run_dir is not None:
+            out.append(f"run_dir={run_dir}")
+        return out + list(extra)
+
+    def __call__(self, run_dir, *extra: str, dataset: str | None = None):
+        """A validated config writing to ``run_dir`` (None: leave run_dir unset)."""
+        from rlmin.config import load_config
+        return load_config([], self.overrides(*extra, run_dir=run_dir, dataset=dataset))
+
+    def yaml(self, path, *extra: str, dataset: str | None = None) -> Path:
+        """The same values as a YAML file at ``path`` (no run_dir unless given in ``extra``)."""
+        from omegaconf import OmegaConf
+        path = Path(path)
+        path.write_text(OmegaConf.to_yaml(OmegaConf.from_dotlist(
+            self.overrides(*extra, dataset=dataset))))
+        return path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,6 +176,11 @@ def tiny_hopper_id(minari_datasets_path) -> str:
     finally:
         collector.close()
     return TINY_HOPPER_ID
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_hopper_id) -> TinyConfig:
+    return TinyConfig(tiny_hopper_id)
 
 
 @pytest.fixture(scope="session")
