@@ -21,7 +21,7 @@ from rlmin.data.sampler import SegmentSampler
 from rlmin.registry import RegistryError, load_builder
 from rlmin.scores import normalized_score, reference_scores
 from rlmin.spec import DataSpec, EvalSpec
-from rlmin.tasks import D4RL_LEVELS, LOCAL_NAMESPACE, Task, all_tasks, resolve_dataset
+from rlmin.task import D4RL_LEVELS, LOCAL_NAMESPACE, Task, all_tasks, resolve_dataset
 
 _SHORTHAND = re.compile(r"^(?P<env>[a-z0-9_]+)-(?P<level>" + "|".join(D4RL_LEVELS) + r")$")
 # Steps collected when a missing local dataset is built on the fly (the quickstart's budget).

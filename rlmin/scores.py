@@ -49,7 +49,7 @@ def reference_scores(dataset_metadata: Any = None, task=None) -> ReferenceScores
 
     ``dataset_metadata``: a Minari metadata dict (or a MinariDataset / rlmin EpisodeData); its
     ``ref_min_score`` and ``ref_max_score`` win when both are there. Otherwise ``task`` (an
-    ``rlmin.tasks.Task``) provides ``ref_min``/``ref_max`` and its ``ref_source``.
+    ``rlmin.task.Task``) provides ``ref_min``/``ref_max`` and its ``ref_source``.
     """
     meta = _metadata_of(dataset_metadata)
     if meta is not None:
