@@ -10,6 +10,7 @@ Where policies are looked up: ``envs/policies`` (shipped with the project), or t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -69,11 +70,19 @@ def save_actor(actor: GaussianActor, path: str | Path, metadata: dict) -> None:
     tmp.replace(path)
 
 
+def _allow(cls):
+    """``torch.serialization.safe_globals`` (torch >= 2.5), or the global allowlist (2.4)."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals([cls])
+    torch.serialization.add_safe_globals([cls])
+    return contextlib.nullcontext()
+
+
 def load_actor(path: str | Path) -> tuple[GaussianActor, dict]:
     """Load an exported actor; returns (actor, metadata)."""
     # weights_only: nothing in the file can run code. TorchVersion (a str subclass) is allowed
     # because actors saved by older envs/sac.py hold torch.__version__ in their metadata.
-    with torch.serialization.safe_globals([TorchVersion]):
+    with _allow(TorchVersion):
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     actor = GaussianActor(payload["obs_dim"], payload["act_dim"], tuple(payload["hidden"]))
     actor.load_state_dict(payload["state_dict"])

@@ -39,6 +39,11 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def agree(self, any_rank_requested: bool) -> None:
+        """DDP: a stop any rank was asked for is every rank's stop (SIGTERM when unknown)."""
+        if any_rank_requested and self.signal is None:
+            self.signal = signal.SIGTERM
+
     @property
     def requested(self) -> bool:
         return self.signal is not None

@@ -235,9 +235,11 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 loss, metrics = loss_fn(batch)
             if ddp.enabled:  # rescaled so the averaged gradient is the global batch's (docs/DDP.md)
                 share = float(full["mask"][shard].sum()) / max(1, int(full["mask"].sum()))
-                totals = ddp.all_reduce_sum([share * float(loss.detach())]
+                # The stop flag rides along, so every rank stops (and saves) at the same step.
+                totals = ddp.all_reduce_sum([float(stop.requested), share * float(loss.detach())]
                                             + [share * float(v) for v in metrics.values()])
-                loss_value, metrics = totals[0], dict(zip(metrics, totals[1:]))
+                stop.agree(totals[0] > 0)
+                loss_value, metrics = totals[1], dict(zip(metrics, totals[2:]))
                 loss = loss * (share * ddp.world_size)
             else:
                 loss_value = float(loss.detach())

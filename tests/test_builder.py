@@ -233,6 +233,22 @@ def test_shipped_policies_load_and_act_without_stable_baselines3(fresh_minari_pa
     assert load_minari("rlmin/hopper/medium-v0").total_steps == 30
 
 
+def test_actors_from_the_running_sac_jobs_load(tmp_path):
+    # envs/sac.py puts torch.__version__ (a TorchVersion, not a plain str) in the metadata; a
+    # weights_only load refuses unknown classes, so such files must still load (and new ones
+    # are saved with plain values).
+    actor = GaussianActor(11, 3, hidden=(8,))
+    payload = {"state_dict": actor.state_dict(), "obs_dim": 11, "act_dim": 3, "hidden": [8],
+               "metadata": {"env_id": "Hopper-v5", "versions": {"torch": torch.__version__}}}
+    torch.save(payload, tmp_path / "old.pt")
+    loaded, meta = load_actor(tmp_path / "old.pt")
+    assert meta["versions"]["torch"] == torch.__version__
+    assert weights_digest(loaded) == weights_digest(actor)
+    save_actor(loaded, tmp_path / "new.pt", meta)
+    raw = torch.load(tmp_path / "new.pt", weights_only=True)  # no allowlist needed any more
+    assert type(raw["metadata"]["versions"]["torch"]) is str
+
+
 # ----------------------------------------------------------------------------- replay series
 
 def test_make_replay_series_picks_snapshots_and_shares(tmp_path):

@@ -13,34 +13,20 @@ import pytest
 import torch
 
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
-from rlmin.config import ConfigError, load_config
+from rlmin.config import ConfigError
 from rlmin.data.episodes import DataError
 from rlmin.data.minari_io import DatasetNotFoundError
-from rlmin.policy import agent_from_checkpoint
-from rlmin.train import TrainingError, train
+from rlmin.policy import agent_from_payload
+from rlmin.rundir import RunDirError
+from rlmin.train import TrainingError, build_optimizer, train
 
-EVAL_STEPS = 15
+from conftest import TINY_EVAL_STEPS as EVAL_STEPS
+
 HOPPER_OBS, HOPPER_ACT = 11, 3
 
 
-def tiny(run_dir, dataset: str, *extra: str):
-    """A validated config for a seconds-long run on ``dataset``, writing to ``run_dir``."""
-    return load_config([], [
-        f"data.dataset={dataset}", "data.seq_len=10",
-        "agent.d_model=16", "agent.n_layers=1", "agent.dropout=0.0",
-        "train.steps=12", "train.batch_size=8", "train.warmup_steps=2", "train.lr=1e-3",
-        "train.log_every=1", "train.checkpoint_every=5", "train.num_threads=1",
-        "train.progress=false", "train.device=cpu",
-        "eval.episodes=1", "eval.target_returns=[100]", f"eval.max_episode_steps={EVAL_STEPS}",
-        f"run_dir={run_dir}", *extra])
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """train.num_threads=1 sets torch's global thread count: give other tests theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+def metrics_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def hopper_episodes(lengths, seed=0):
@@ -53,23 +39,57 @@ def hopper_episodes(lengths, seed=0):
 
 # ----------------------------------------------------------------------------- a normal run
 
-def test_tiny_run_writes_checkpoints_tensorboard_and_results(tmp_path, tiny_hopper_id):
+def test_tiny_run_writes_checkpoints_tensorboard_and_results(tmp_path, tiny_config, tiny_hopper_id,
+                                                             monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    monkeypatch.chdir(tmp_path)  # a run writes nothing outside its run dir (MUJOCO_LOG.TXT)
     run = tmp_path / "run"
-    result = train(tiny(run, tiny_hopper_id))
+    result = train(tiny_config(run))
 
     assert result.step == 12 and result.run_dir == run
     steps = [int(p.stem.split("_")[1]) for p in list_checkpoints(run)]
     assert steps == [5, 10, 12], f"checkpoints at every 5 steps and the last; got {steps}"
     results = json.loads((run / "results.json").read_text())
-    assert results["step"] == 12 and results["backbone"] == "mingru"
+    assert results["step"] == 12 and results["agent"] == "decision"
+    assert results["label"] == "mingru" and results["act_mode"] == "carry"
     last = results["last_iterate"]
     assert last["max_episode_steps"] == EVAL_STEPS, "eval.max_episode_steps was not used"
+    assert last["agent"] == {"label": "mingru", "act_mode": "carry"}
+    assert last["dataset_id"] == tiny_hopper_id
     target = last["targets"]["100"]
     assert target["episodes"] == 1 and 1 <= target["lengths"][0] <= EVAL_STEPS
     # The tiny set's own reference scores (its metadata) normalise, not the task table's.
-    assert results["dataset"]["ref_min"] == 1.0 and results["dataset"]["ref_max"] == 101.0
+    spec = results["eval_spec"]
+    assert spec["ref_min"] == 1.0 and spec["ref_max"] == 101.0
+    assert spec["ref_source"].startswith("dataset metadata") and last["ref_source"] == spec["ref_source"]
+    assert (spec["env_id"], spec["obs_dim"], spec["act_dim"], spec["dataset_id"]) == \
+        ("Hopper-v5", HOPPER_OBS, HOPPER_ACT, tiny_hopper_id)
+    assert results["dataset"]["id"] == tiny_hopper_id and len(results["dataset"]["fingerprint"]) == 16
+
+    # The checkpoint holds the agent once (name, options, spec) and the eval spec once.
+    payload = load_checkpoint(list_checkpoints(run)[-1])
+    assert set(payload) == {"step", "model", "optimizer", "scheduler", "rng_per_rank", "sampler",
+                            "config", "agent", "eval_spec", "dataset", "eval_history"}
+    assert payload["agent"]["name"] == "decision"
+    assert payload["agent"]["options"]["d_model"] == 16
+    assert payload["agent"]["spec"]["seq_len"] == 10  # K: data.seq_len, through the spec
+    assert "context_steps" not in payload["agent"]["options"]
+    assert payload["eval_spec"] == spec
+    assert set(payload["dataset"]) == {"id", "steps", "episodes", "behaviour_return",
+                                       "behaviour_normalized", "fingerprint"}
+    assert payload["dataset"] == results["dataset"]
+
+    # metrics.jsonl: one row per logged step (log_every=1) and one per evaluation.
+    rows = metrics_rows(run)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 13))
+    assert all(math.isfinite(r["loss"]) and {"lr", "grad_norm", "samples_per_s"} <= set(r)
+               for r in rows if r["kind"] == "train")
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [12] and \
+        evals[0]["targets"]["100"]["return_mean"] == pytest.approx(target["return_mean"])
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists(), "the run wrote MUJOCO_LOG.TXT into the cwd"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "files outside the run dir"
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
@@ -80,30 +100,66 @@ def test_tiny_run_writes_checkpoints_tensorboard_and_results(tmp_path, tiny_hopp
     assert all(math.isfinite(e.value) for e in acc.Scalars("train/loss"))
 
 
-def test_unknown_backbone_fails_before_any_dataset_work(tmp_path):
+def test_unknown_backbone_fails_before_any_dataset_work(tmp_path, tiny_config):
     # The dataset does not exist and may not be built: were the backbone checked only when the
     # agent is built, this would be a dataset error instead.
     with pytest.raises(ConfigError, match=r"agent\.backbone.*'mamba'.*mingru"):
-        cfg = tiny(tmp_path / "run", "rlmin/hopper/nothere-v0", "agent.backbone=mamba",
-                   "data.build_if_missing=false")
+        cfg = tiny_config(tmp_path / "run", "agent.backbone=mamba", "data.build_if_missing=false",
+                          dataset="rlmin/hopper/nothere-v0")
         train(cfg)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["agent.context_steps=20"], "agent.context_steps"),  # K is data.seq_len now
+    (["agent.name=bc", "agent.d_model=16"], "agent.d_model"),  # a decision option, not bc's
+    (["agent.backbone_options.bogus=1"], "bogus"),
+    (["agent.name=bc", "agent.hidden=[0]"], "hidden"),
+])
+def test_agent_options_are_the_agents_own(tmp_path, tiny_config, overrides, needle):
+    """agent.* is typed and checked by the agent's Options, before any dataset work."""
+    with pytest.raises(ConfigError, match=needle):
+        tiny_config(tmp_path / "run", "data.build_if_missing=false", *overrides,
+                    dataset="rlmin/hopper/nothere-v0")
+
+
+def test_weight_decay_scope(tiny_config):
+    from agents.decision import DecisionAgent
+    from rlmin.config import agent_options
+    from rlmin.spec import DataSpec
+
+    cfg = tiny_config(None)
+    agent = DecisionAgent(DataSpec(HOPPER_OBS, HOPPER_ACT, seq_len=4, max_episode_steps=8),
+                          agent_options(cfg))
+    params = [p for p in agent.parameters() if p.requires_grad]
+    decay, no_decay = build_optimizer(agent, cfg.train).param_groups
+    spared = {id(p) for p in no_decay["params"]}
+    assert decay["weight_decay"] == cfg.train.weight_decay and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(params)
+    assert id(agent.embed_timestep.weight) in spared and id(agent.embed_ln.weight) in spared
+    assert id(agent.embed_state.bias) in spared and id(agent.embed_state.weight) not in spared
+    everything = build_optimizer(agent, tiny_config(None, "train.weight_decay_scope=all").train)
+    (group,) = everything.param_groups  # DT's gym code: every parameter decays
+    assert len(group["params"]) == len(params) and group["weight_decay"] == cfg.train.weight_decay
+    with pytest.raises(ConfigError, match="weight_decay_scope"):
+        tiny_config(None, "train.weight_decay_scope=some")
+
+
 # ----------------------------------------------------------------------------- missing data
 
-def test_missing_dataset_offline_names_the_build_command(tmp_path, fresh_minari_path):
-    cfg = tiny(tmp_path / "run", "hopper-medium", "data.build_if_missing=false")
+def test_missing_dataset_offline_names_the_build_command(tmp_path, fresh_minari_path, tiny_config):
+    cfg = tiny_config(tmp_path / "run", "data.build_if_missing=false", dataset="hopper-medium")
     with pytest.raises(DatasetNotFoundError) as info:
         train(cfg)
     msg = str(info.value)
     assert "rlmin data build hopper medium" in msg, f"the error should say how to build it: {msg}"
     assert str(fresh_minari_path) in msg, f"the error should say where it looked: {msg}"
-    assert not (tmp_path / "run").exists(), "nothing should be written before the data is there"
+    assert not (tmp_path / "run" / "config.yaml").exists() and not list_checkpoints(tmp_path / "run"), \
+        "nothing should be written before the data is there"
 
 
 def test_missing_dataset_without_a_shipped_policy_fails_fast(tmp_path, fresh_minari_path,
-                                                              monkeypatch):
+                                                              monkeypatch, tiny_config):
     # build_if_missing=true, but no behaviour policy to build from: the build must fail at once
     # (no 100k-step collection), leave no half-made dataset, and still name the command.
     import envs.builder
@@ -111,7 +167,7 @@ def test_missing_dataset_without_a_shipped_policy_fails_fast(tmp_path, fresh_min
     monkeypatch.setattr(envs.builder, "shipped_policy_path",
                         lambda env, level: tmp_path / f"no-such-{env}-{level}.pt")
     with pytest.raises(DatasetNotFoundError) as info:
-        train(tiny(tmp_path / "run", "hopper-medium"))
+        train(tiny_config(tmp_path / "run", dataset="hopper-medium"))
     msg = str(info.value)
     assert "rlmin data build hopper medium" in msg and "automatic build failed" in msg, msg
     assert "no behaviour policy" in msg, msg
@@ -122,52 +178,53 @@ def test_missing_dataset_without_a_shipped_policy_fails_fast(tmp_path, fresh_min
 # ----------------------------------------------------------------------------- bad data
 
 def test_episodes_shorter_than_k_are_padded_and_train(tmp_path, fresh_minari_path,
-                                                      make_dataset):
+                                                      make_dataset, tiny_config):
     dataset = make_dataset("test/hopper/short-v0", hopper_episodes([3, 4, 5, 2]))
-    result = train(tiny(tmp_path / "run", dataset, "data.seq_len=10"))  # K = 10 > every episode
+    result = train(tiny_config(tmp_path / "run", "data.seq_len=10", dataset=dataset))  # K = 10 > every episode
     assert result.step == 12
     payload = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
     assert payload["dataset"]["steps"] == 14 and payload["dataset"]["episodes"] == 4
     assert all(torch.isfinite(v).all() for v in payload["model"].values() if v.is_floating_point())
 
 
-def test_empty_dataset_is_refused(tmp_path, fresh_minari_path, make_dataset):
+def test_empty_dataset_is_refused(tmp_path, fresh_minari_path, make_dataset, tiny_config):
     import gymnasium as gym
 
     box = lambda n: gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)  # noqa: E731
     dataset = make_dataset("test/hopper/empty-v0", [], observation_space=box(HOPPER_OBS),
                            action_space=box(HOPPER_ACT))
     with pytest.raises(DataError, match=r"empty.*nothing to train on"):
-        train(tiny(tmp_path / "run", dataset))
+        train(tiny_config(tmp_path / "run", dataset=dataset))
 
 
 @pytest.mark.parametrize("field", ["observations", "rewards"])
-def test_nan_in_the_data_names_the_episode(tmp_path, fresh_minari_path, make_dataset, field):
+def test_nan_in_the_data_names_the_episode(tmp_path, fresh_minari_path, make_dataset, field,
+                                          tiny_config):
     episodes = hopper_episodes([6, 7, 8])
     episodes[1][field][(2, 4) if field == "observations" else 2] = np.nan  # episode 1, step 2
     dataset = make_dataset(f"test/hopper/nan-{field}-v0", episodes)
     with pytest.raises(DataError) as info:
-        train(tiny(tmp_path / "run", dataset))
+        train(tiny_config(tmp_path / "run", dataset=dataset))
     msg = str(info.value)
     assert "episode 1" in msg and field in msg and "NaN" in msg and "step 2" in msg, msg
 
 
 def test_obs_shape_that_disagrees_with_the_env_is_refused(tmp_path, fresh_minari_path,
-                                                          make_dataset):
+                                                          make_dataset, tiny_config):
     rng = np.random.default_rng(0)
     episodes = [{"observations": rng.normal(size=(6, 5)).astype(np.float32),
                  "actions": rng.uniform(-1, 1, size=(5, HOPPER_ACT)).astype(np.float32),
                  "rewards": np.ones(5)}]
     dataset = make_dataset("test/hopper/narrow-v0", episodes)  # "hopper" namespace -> Hopper-v5
     with pytest.raises(DataError) as info:
-        train(tiny(tmp_path / "run", dataset))
+        train(tiny_config(tmp_path / "run", dataset=dataset))
     msg = str(info.value)
     assert "(5,)" in msg and "(11,)" in msg and "Hopper-v5" in msg, msg
 
 
 # ----------------------------------------------------------------------------- NaN loss
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_hopper_id,
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config,
                                                                    monkeypatch):
     from agents.decision import DecisionAgent
 
@@ -181,7 +238,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tin
     monkeypatch.setattr(DecisionAgent, "loss", loss_going_nan)
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as info:
-        train(tiny(run, tiny_hopper_id, "train.steps=30"))
+        train(tiny_config(run, "train.steps=30"))
     msg = str(info.value)
     assert "non-finite loss" in msg and "step 13" in msg, msg
     assert "step_00000010.pt" in msg and "--resume" in msg, \
@@ -191,7 +248,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tin
     assert [p.name for p in ckpts] == ["step_00000005.pt", "step_00000010.pt"]
     payload = load_checkpoint(ckpts[-1])
     assert payload["step"] == 10
-    agent = agent_from_checkpoint(payload)
+    agent = agent_from_payload(payload)
     assert all(torch.isfinite(p).all() for p in agent.parameters())
     assert not (run / "results.json").exists()
 
@@ -203,27 +260,96 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tin
     ["agent.backbone=lstm"], ["agent.name=bc"], ["agent.token_layout=stacked"],
     ["agent.backbone=minlstm", "eval.mode=window"],
 ])
-def test_one_override_swaps_the_agent(tmp_path, tiny_hopper_id, overrides):
+def test_one_override_swaps_the_agent(tmp_path, tiny_config, overrides):
     run = tmp_path / "run"
-    result = train(tiny(run, tiny_hopper_id, "train.steps=3", *overrides))
+    result = train(tiny_config(run, "train.steps=3", *overrides))
     res = json.loads((run / "results.json").read_text())
     assert result.step == 3 and res["last_iterate"]["targets"]["100"]["episodes"] == 1
-    expected = {"agent.name=bc": "mlp", "agent.backbone=minlstm": "minlstm",
+    expected = {"agent.name=bc": "bc", "agent.backbone=minlstm": "minlstm",
                 "agent.backbone=transformer": "transformer", "agent.backbone=gru": "gru",
-                "agent.backbone=lstm": "lstm"}.get(overrides[0], "mingru")
-    assert res["backbone"] == expected
-    if "agent.backbone=transformer" in overrides:
+                "agent.backbone=lstm": "lstm", "agent.token_layout=stacked": "mingru stacked",
+                }.get(overrides[0], "mingru")
+    if "eval.mode=window" in overrides:
+        expected += " (window)"  # evaluated outside its default mode: the label says so
+    assert res["label"] == expected
+    assert res["agent"] == ("bc" if "agent.name=bc" in overrides else "decision")
+    if "agent.name=bc" in overrides:
+        assert res["act_mode"] is None  # one way to act
+    elif "agent.backbone=transformer" in overrides:
         assert res["act_mode"] == "window"  # the transformer re-runs its window
     elif "eval.mode=window" in overrides:
         assert res["act_mode"] == "window"
+        # evaluated in window mode, but the agent itself (and its checkpoint) keeps carry
+        payload = load_checkpoint(list_checkpoints(run)[-1])
+        assert payload["agent"]["options"]["act_mode"] == "carry"
+    else:
+        assert res["act_mode"] == "carry"
 
 
-def test_whole_episode_training(tmp_path, tiny_hopper_id, tiny_hopper_data):
+def test_whole_episode_training(tmp_path, tiny_config, tiny_hopper_data):
     """data.mode=episode: rows are whole episodes from their first step (what carry acting sees)."""
     longest = int(tiny_hopper_data.episode_lengths.max())
     run = tmp_path / "run"
-    result = train(tiny(run, tiny_hopper_id, "data.mode=episode", f"data.seq_len={longest}",
-                        "train.steps=3"))
+    result = train(tiny_config(run, "data.mode=episode", f"data.seq_len={longest}",
+                               "train.steps=3"))
     res = json.loads((run / "results.json").read_text())
     assert result.step == 3 and res["act_mode"] == "carry"
     assert res["config"]["data"]["mode"] == "episode"
+
+
+# ----------------------------------------------------------------------------- run integrity
+
+def test_a_run_dir_that_holds_a_run_is_refused_before_any_work(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: earlier\n")
+    # The dataset does not exist and may not be built: the refusal comes first.
+    cfg = tiny_config(run, "data.build_if_missing=false", dataset="rlmin/hopper/nothere-v0")
+    with pytest.raises(RunDirError, match=rf"{run}.*already holds a run.*--resume {run}"):
+        train(cfg)
+    assert (run / "config.yaml").read_text() == "name: earlier\n"
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_resume_extends_a_finished_run_and_accepts_only_safe_keys(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    assert train(tiny_config(run, "train.steps=5")).step == 5
+    with pytest.raises(RunDirError, match="--resume"):  # finished: refused as a new run ...
+        train(tiny_config(run, "train.steps=5"))
+    with pytest.raises(ConfigError, match=r"'agent\.d_model=32'.*model or data"):
+        train(resume=run, overrides=["agent.d_model=32"])  # ... and resume changes no model
+    with pytest.raises(RunDirError, match="no such run dir"):
+        train(resume=tmp_path / "elsewhere")
+
+    result = train(resume=run, overrides=["train.steps=8"])  # ... but it may run longer
+    assert result.step == 8 and result.results["step"] == 8
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_00000008.pt"
+    train_rows = [r["step"] for r in metrics_rows(run) if r["kind"] == "train"]
+    assert train_rows == list(range(1, 9)), f"metrics.jsonl train rows after the resume: {train_rows}"
+    assert json.loads((run / "results.json").read_text())["config"]["train"]["steps"] == 8
+
+
+def test_resume_refuses_data_that_changed(tmp_path, fresh_minari_path, make_dataset, tiny_config):
+    """The run pins the resolved dataset id and a fingerprint of the data: a rebuilt dataset
+    (rlmin data build --overwrite) or a name that now resolves elsewhere is refused."""
+    import shutil
+
+    local = make_dataset("rlmin/hopper/medium-v0", hopper_episodes([20, 25, 30], seed=1))
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=3", "data.build_if_missing=false", dataset="hopper-medium"))
+    first = load_checkpoint(list_checkpoints(run)[-1])["dataset"]
+    assert first["id"] == local
+
+    shutil.rmtree(fresh_minari_path / "rlmin" / "hopper" / "medium-v0")  # rebuilt: other data
+    make_dataset("rlmin/hopper/medium-v0", hopper_episodes([20, 25, 30], seed=2))
+    with pytest.raises(TrainingError) as info:
+        train(resume=run, overrides=["train.steps=6"])
+    msg = str(info.value)
+    assert first["fingerprint"] in msg and local in msg and "new run" in msg, msg
+
+    make_dataset("mujoco/hopper/medium-v0", hopper_episodes([20, 25, 30], seed=1))  # resolves here now
+    with pytest.raises(TrainingError) as info:
+        train(resume=run, overrides=["train.steps=6"])
+    msg = str(info.value)
+    assert local in msg and "mujoco/hopper/medium-v0" in msg, msg
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_00000003.pt", "nothing was trained"
