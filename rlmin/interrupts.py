@@ -39,15 +39,10 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def agree(self, any_rank_requested: bool) -> None:
-        """DDP: a stop any rank was asked for is every rank's stop (SIGTERM when unknown)."""
-        if any_rank_requested and self.signal is None:
-            self.signal = signal.SIGTERM
-
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signal, 1)
+        return EXIT_CODES.get(self.signal, 143)  # a rank stopped by another rank's signal

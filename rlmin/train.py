@@ -238,11 +238,11 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 # The stop flag rides along, so every rank stops (and saves) at the same step.
                 totals = ddp.all_reduce_sum([float(stop.requested), share * float(loss.detach())]
                                             + [share * float(v) for v in metrics.values()])
-                stop.agree(totals[0] > 0)
+                stopping = totals[0] > 0  # decided once for all ranks, whatever arrives later
                 loss_value, metrics = totals[1], dict(zip(metrics, totals[2:]))
                 loss = loss * (share * ddp.world_size)
             else:
-                loss_value = float(loss.detach())
+                stopping, loss_value = stop.requested, float(loss.detach())
             if not math.isfinite(loss_value):  # the same value on every rank: all stop together
                 raise nonfinite(f"non-finite loss ({loss_value})", step, run_dir)
             grad_norm = optimizer_step(agent, loss, optimizer, scheduler, cfg.train.grad_clip)
@@ -255,9 +255,9 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 if ddp.is_main:
                     history.append(log.evaluation(step, run_evaluation(agent, data, cfg, device)))
                 ddp.barrier()
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop.requested:
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
                 save()
-            if stop.requested:
+            if stopping:
                 raise StopRequested(f"stopped at step {step} and saved a checkpoint; continue "
                                     f"with: rlmin train --resume {run_dir}", stop.exit_code)
         results = {}
