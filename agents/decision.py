@@ -183,6 +183,12 @@ class DecisionAgent(Agent):
         return mse, {"loss": value, "action_mse": value}
 
     # ================================================================= acting
+    #: How carry mode runs the backbone on a step's new tokens. "chunk" (default): one
+    #: ``backbone.forward`` of the step's tokens with the carried state (a chunked forward equals
+    #: stepping, so the result is the same to float round-off, with a third of the calls);
+    #: "step": one ``backbone.step`` per token, the plain reference (and what the ONNX graph holds).
+    carry_impl: str = "chunk"
+
     def reset(self, n_envs: int, target_return=None) -> State:
         """State for ``n_envs`` new episodes, each asking for ``target_return`` (float or [n_envs]).
 
@@ -208,9 +214,7 @@ class DecisionAgent(Agent):
             "prev_action": torch.zeros(n, self.act_dim, dtype=dt, device=dev),
         }
         if self.act_mode == "carry":
-            init = self.backbone.initial_state(n, device=dev)
-            for i, s in enumerate(init):
-                state[f"{_BACKBONE_KEY}{i}"] = s.to(dt) if s.is_floating_point() else s
+            state.update(zip(self.backbone_state_keys, self._initial_backbone_state(n)))
         else:
             k = self.context_steps
             state.update(
@@ -220,6 +224,20 @@ class DecisionAgent(Agent):
                 win_t=torch.zeros(n, k, dtype=torch.long, device=dev))
         return state
 
+    def _initial_backbone_state(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The backbone's initial state for ``n`` rows, floating tensors in the agent's dtype."""
+        init = self.backbone.initial_state(n, device=self.device)
+        return tuple(s.to(self.dtype) if s.is_floating_point() else s for s in init)
+
+    @property
+    def backbone_state_keys(self) -> tuple[str, ...]:
+        """The state keys of the carried backbone state, in the backbone's order: backbone.0, ..."""
+        keys = self.__dict__.get("_backbone_keys")
+        if keys is None:  # counted once: act reads them every step
+            keys = tuple(f"{_BACKBONE_KEY}{i}" for i in range(len(self.backbone.initial_state(1))))
+            self.__dict__["_backbone_keys"] = keys
+        return keys
+
     def act(self, obs, reward, state: State, done=None, prev_action=None) -> tuple[np.ndarray, State]:
         """One step for every env (see ``Agent.act``), in this agent's ``act_mode``.
 
@@ -227,20 +245,23 @@ class DecisionAgent(Agent):
         previous step, when it differs from the one this agent returned (exploration noise,
         clipping, or replaying a recorded trajectory). Ignored for rows on their first step.
         """
-        with self.inference():
+        # In eval mode already (as the evaluator and Policy run it), no_grad is all that is needed:
+        # inference() would walk every submodule twice per step to set and restore the mode.
+        with (self.inference() if self.training else torch.no_grad()):
             obs = self.normalize(obs)
             if obs.dim() != 2:
                 raise ValueError(f"obs must be [n_envs, {self.obs_dim}], got {tuple(obs.shape)}")
             n = obs.shape[0]
             if state["t"].shape[0] != n:
                 raise ValueError(f"state is for {state['t'].shape[0]} envs, obs has {n} rows")
-            state = dict(state)
             if done is not None:
                 done = self.env_rows(done, n, "done", torch.bool)
-                fresh = self._fresh_state(state["target"])
-                state = dict(zip(state, reset_rows(tuple(state.values()), done,
-                                                   tuple(fresh[k] for k in state))))
-            first = state["t"] == 0
+                if bool(done.any()):  # only then build a fresh state to take those rows from
+                    fresh = self._fresh_state(state["target"])
+                    state = dict(zip(state, reset_rows(tuple(state.values()), done,
+                                                       tuple(fresh[k] for k in state))))
+            t = state["t"]
+            first = t == 0
             if reward is None:
                 if not bool(first.all()):
                     raise ValueError("reward is required for rows past their first step "
@@ -250,36 +271,67 @@ class DecisionAgent(Agent):
             rtg = torch.where(first, state["rtg"], state["rtg"] - reward)
             prev = state["prev_action"]
             if prev_action is not None:
-                forced = self.tensor(prev_action).reshape(n, self.act_dim)
-                prev = torch.where(first[:, None], prev, forced)
-            prev = torch.where(first[:, None], torch.zeros_like(prev), prev)
-            t = state["t"]
+                prev = self.tensor(prev_action).reshape(n, self.act_dim)
+            prev = torch.where(first[:, None], 0.0, prev)  # no a_{t-1} at an episode's first step
             if self.act_mode == "carry":
-                action, state = self._act_carry(obs, rtg, prev, t, first, state)
+                action, new_state = self._act_carry(obs, rtg, prev, t, first, state)
             else:
-                action, state = self._act_window(obs, rtg, prev, t, first, state)
-            state.update(rtg=rtg, t=t + 1, prev_action=action)
-        return action.cpu().numpy(), state
+                action, new_state = self._act_window(obs, rtg, prev, t, first, state)
+            new_state.update(rtg=rtg, t=t + 1, prev_action=action)
+        return action.cpu().numpy(), new_state
 
+    # ----------------------------------------------------------------- carry
     def _act_carry(self, obs, rtg, prev, t, first, state: State):
-        keys = sorted((k for k in state if k.startswith(_BACKBONE_KEY)), key=lambda k: int(k[len(_BACKBONE_KEY):]))
+        keys = self.backbone_state_keys
         bstate = tuple(state[k] for k in keys)
-        time = self._time(t)
-        step = self.backbone.step
-        if self.token_layout == "interleaved":
-            # a_{t-1}'s token (timestep t-1), skipped for rows on their first step
-            _, after_a = step(self._finish(self.embed_action(prev) + self._time(t - 1)), bstate)
-            bstate = reset_rows(after_a, first, bstate)  # rows on their first step had no a_{t-1}
-            _, bstate = step(self._finish(self._emb_return(rtg) + time), bstate)
-            y, bstate = step(self._finish(self.embed_state(obs) + time), bstate)
-        else:
-            x = self._emb_return(rtg) + self.embed_state(obs) + self.embed_action(prev) + time
-            y, bstate = step(self._finish(x), bstate)
-        state = dict(state)
-        for k, s in zip(keys, bstate):
-            state[k] = s
-        return self.head(y), state
+        if self.token_layout == "interleaved" and self.carry_impl == "chunk":
+            y, bstate = self._carry_chunk(obs, rtg, prev, t, first, bstate)
+        else:  # stacked: one token a step, nothing to chunk
+            y, bstate = self.carry_steps(obs, rtg, prev, t, first, bstate)
+        new_state = {k: v for k, v in state.items() if k not in keys}
+        new_state.update(zip(keys, bstate))
+        return self.head(y), new_state
 
+    def step_tokens(self, obs, rtg, prev, t) -> torch.Tensor:
+        """The interleaved tokens one step adds, [n, 3, d]: a_{t-1} (timestep t-1), R_t, s_t (timestep
+        t), each exactly as ``_tokens`` makes it for training. obs normalised, rtg raw."""
+        x = torch.stack([self.embed_action(prev), self._emb_return(rtg), self.embed_state(obs)], dim=1)
+        if self.embed_timestep is not None:
+            x = x + self._time(torch.stack([t - 1, t, t], dim=1))
+        return self._finish(x)
+
+    def carry_steps(self, obs, rtg, prev, t, first, bstate):
+        """Carry, one ``backbone.step`` per token: the reference, free of data-dependent branches (so
+        it traces into the ONNX graph). obs normalised, prev zero on first rows; returns (the output
+        that predicts a_t [n, d], the new backbone state)."""
+        if self.token_layout == "stacked":
+            x = self._emb_return(rtg) + self.embed_state(obs) + self.embed_action(prev) + self._time(t)
+            return self.backbone.step(self._finish(x), bstate)
+        x = self.step_tokens(obs, rtg, prev, t)
+        _, after_a = self.backbone.step(x[:, 0], bstate)
+        bstate = reset_rows(after_a, first, bstate)  # rows on their first step had no a_{t-1}
+        _, bstate = self.backbone.step(x[:, 1], bstate)
+        return self.backbone.step(x[:, 2], bstate)
+
+    def _carry_chunk(self, obs, rtg, prev, t, first, bstate):
+        """Interleaved carry, one ``backbone.forward`` of the step's tokens with the carried state.
+
+        Rows on their first step have no a_{t-1}: they take the forward of (R_t, s_t) alone, from
+        their fresh state. Only a step where some rows start and others do not runs both forwards.
+        """
+        x = self.step_tokens(obs, rtg, prev, t)
+        if not bool(first.any()):  # every step but an episode's first: one forward
+            y, bstate = self.backbone(x, bstate)
+        elif bool(first.all()):  # reset: every row starts
+            y, bstate = self.backbone(x[:, 1:], bstate)
+        else:  # some rows start (a done): run both and keep, per row, what its step needs
+            y_all, b_all = self.backbone(x, bstate)
+            y_new, b_new = self.backbone(x[:, 1:], bstate)
+            y = torch.where(first[:, None, None], y_new[:, -1:], y_all[:, -1:])
+            bstate = reset_rows(b_all, first, b_new)
+        return y[:, -1], bstate
+
+    # ----------------------------------------------------------------- window
     def _act_window(self, obs, rtg, prev, t, first, state: State):
         k = self.context_steps
         rows = torch.arange(obs.shape[0], device=obs.device)

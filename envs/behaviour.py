@@ -110,7 +110,7 @@ def weights_digest(actor: GaussianActor) -> str:
 
 
 def shipped_policy_path(env_name: str, level: str) -> Path:
-    """Path of the behaviour policy for a task and level (``<policies_dir()>/<task>-<level>.pt``)."""
+    """The behaviour policy of a task and level: ``<policies_dir()>/<task>-<level>.pt``."""
     return policies_dir() / f"{env_name}-{level}.pt"
 
 

@@ -187,7 +187,8 @@ def _source_of(task: Task, key: str) -> str:
     if start < 0:
         return text
     end = text.find("; ref_", start + 1)
-    return text[start:end if end > 0 else None].strip()
+    part = text[start:end if end > 0 else None].strip()
+    return part.split(": ", 1)[-1]  # without the "ref_min 24.8: " its caller already states
 
 
 def _reference_scores(task: Task, ref_min, ref_max, expert: tuple[Path, dict] | None) -> Refs:

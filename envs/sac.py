@@ -52,7 +52,7 @@ def _versions() -> dict:
     import mujoco
     import stable_baselines3
     return {"stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
-            "mujoco": mujoco.__version__, "torch": torch.__version__}
+            "mujoco": mujoco.__version__, "torch": str(torch.__version__)}
 
 
 def train_sac(env_id: str, run_dir: str | Path, total_steps: int, seed: int = 0,

@@ -88,20 +88,24 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rlmin.evaluate import evaluate_checkpoint
+    from rlmin.evaluate import EvalUsageError, evaluate_checkpoint
 
     if args.episodes < 1 or (args.n_envs is not None and args.n_envs < 1):
         raise UsageError("--episodes and --n-envs must be >= 1")
     if args.targets and not all(math.isfinite(t) and t >= 0 for t in args.targets):
         raise UsageError(f"--targets must be finite returns >= 0, got {args.targets}")
     out = Path(args.out) if args.out else _default_eval_path(Path(args.checkpoint), args)
-    check_output(out, overwrite=args.overwrite)
-    res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
-                              target_returns=args.targets, seed=args.seed, n_envs=args.n_envs,
-                              max_episode_steps=args.max_episode_steps)
+    check_output(out, overwrite=args.overwrite, may_create=not args.out)
+    try:
+        res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
+                                  target_returns=args.targets, seed=args.seed,
+                                  n_envs=args.n_envs, max_episode_steps=args.max_episode_steps)
+    except EvalUsageError as e:  # e.g. --mode carry on a transformer
+        raise UsageError(str(e)) from None
     print_results(res)
     from rlmin.checkpoint import atomic_write_bytes
 
+    out.parent.mkdir(exist_ok=True)  # a run dir's eval/ folder (checked above)
     atomic_write_bytes(out, lambda f: f.write(json.dumps(res, indent=2, default=float).encode()))
     print(f"results: {out}")
     return 0
@@ -115,20 +119,33 @@ def _default_eval_path(checkpoint: Path, args) -> Path:
     return base / f"{stem}.{mode}.seed{args.seed}.ep{args.episodes}.eval.json"
 
 
-def check_output(out: Path, overwrite: bool = False) -> None:
-    """Before any work: ``out`` is a writable file path that holds nothing we would lose."""
+def check_output(out: Path, overwrite: bool = False, may_create: bool = False) -> None:
+    """Before any work: ``out`` is a writable file path that holds nothing we would lose.
+
+    Its folder must exist (a mistyped --out creates nothing), except with ``may_create`` (the
+    default path, a run dir's ``eval/``): then the folder above it must be writable."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory: give a file name")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} already exists: pass --overwrite to replace it, or --out another file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"cannot write to {out.parent}: pick another --out")
+    folder = out.parent
+    if not folder.is_dir():
+        if not (may_create and folder.parent.is_dir()):
+            raise UsageError(f"--out {out}: the folder {folder} does not exist; create it first "
+                             f"or pick another --out")
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write to {folder}: pick another --out")
 
 
 def cmd_export(args) -> int:
-    from rlmin.policy import export_policy
+    from rlmin.checkpoint import CheckpointError
+    from rlmin.policy import check_output_file, export_policy
 
+    try:
+        check_output_file(Path(args.out))  # before loading anything: a usage error
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
     path = export_policy(args.checkpoint, args.out)
     print(f"exported policy: {path}\nload it with: rlmin.policy.Policy.load({str(path)!r})")
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlmin.data.episodes import EpisodeData
-from rlmin.data.minari_io import DatasetNotFoundError, is_local, load_minari
+from rlmin.data.minari_io import BuildLockedError, DatasetNotFoundError, is_local, load_minari
 from rlmin.data.sampler import SegmentSampler
 from rlmin.registry import RegistryError, load_builder
 from rlmin.scores import normalized_score, reference_scores
@@ -98,7 +98,9 @@ def _build_missing(task: Task | None, dataset_id: str, error: DatasetNotFoundErr
     try:
         build(task.name, level, n_steps=AUTO_BUILD_STEPS)
     except FileNotFoundError as exc:  # no shipped policy for this task/level
-        raise DatasetNotFoundError(f"{error}\n(automatic build failed: {exc})") from None
+        raise DatasetNotFoundError(f"{error} (automatic build failed: {exc})") from None
+    except BuildLockedError as exc:  # another process builds it right now
+        raise DatasetNotFoundError(f"{exc}; wait for that build, then start again") from None
 
 
 def load_dataset_for(data_cfg) -> LoadedDataset:

@@ -33,7 +33,8 @@ from rlmin.registry import TASKS, load_group
 from rlmin.scores import normalized_score
 from rlmin.spec import EvalSpec
 
-__all__ = ["episode_seed", "evaluate", "evaluate_checkpoint", "format_results_table", "target_key"]
+__all__ = ["EvalUsageError", "episode_seed", "evaluate", "evaluate_checkpoint",
+           "format_results_table", "target_key"]
 
 DEFAULT_MAX_ENVS = 16
 
@@ -283,6 +284,11 @@ def format_results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+class EvalUsageError(ValueError):
+    """An evaluation asked of a checkpoint that it cannot do (e.g. an acting mode its agent
+    lacks); found before any episode runs."""
+
+
 def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, target_returns=None,
                         seed: int = 10_000, n_envs: int | None = None,
                         max_episode_steps: int | None = None) -> dict:
@@ -293,6 +299,11 @@ def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, ta
     payload, source = load_payload(path)
     agent = agent_from_payload(payload)
     spec = EvalSpec.from_dict(payload["eval_spec"])
+    if mode is not None:
+        try:
+            type(agent).check_act_mode(agent.options, mode)
+        except ValueError as e:
+            raise EvalUsageError(f"--mode {mode}: {e}") from None
     with agent.acting(mode):
         res = evaluate(agent, spec, target_returns=target_returns, episodes=episodes,
                        n_envs=n_envs, seed=seed, max_episode_steps=max_episode_steps)

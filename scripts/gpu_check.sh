@@ -207,8 +207,9 @@ sys.exit(0 if ok else 1)
 PY
 
     # --- backbones: layers vs cuDNN vs step loops, peak memory
-    part backbones 150 "$PY" scripts/bench_backbones.py --device "$DEV" --sizes "$sizes" --reps 5 --warmup 2 \
-      --out "$OUT/backbones.json"
+    local rows=mingru_layer,gru,minlstm_layer,lstm,mingru,minlstm,transformer,mingru_steploop,mingru_layer_steploop
+    part backbones 150 "$PY" scripts/bench_backbones.py --device "$DEV" --sizes "$sizes" --rows "$rows" --reps 5 \
+      --warmup 2 --out "$OUT/backbones.json"
 
     # --- scan: bandwidth against a copy, tile sizes 16 and 32 (rehearsal: interpreted Triton on CPU tensors)
     [[ $DEV == cpu ]] && export TRITON_INTERPRET=1
@@ -316,7 +317,8 @@ for dtype in ("float32", "bfloat16"):
     else:
         targets.append({"target": "(report) Triton scan, same shape, bfloat16", "need": None,
                         "got": None if default is None else default["frac_of_copy"],
-                        "state": "INFO" if rows else "NOT RUN", "detail": detail or part_state("scan_bfloat16")})
+                        "state": "INFO" if rows else "NOT RUN",
+                        "detail": detail or f"scan_bfloat16: {part_state('scan_bfloat16') or 'no number'}"})
 
 tr = load(out / "train.json") or {}
 def ratio(mode):

@@ -430,7 +430,8 @@ def test_missing_sources_name_the_real_flags(fresh_minari_path, no_shipped_polic
     with pytest.raises(FileNotFoundError) as info:
         builder.build_dataset("walker2d", "medium", n_steps=10)
     msg = str(info.value)
-    assert "no behaviour policy" in msg and "`rlmin data build walker2d medium --policy PATH`" in msg
+    assert "no behaviour policy" in msg
+    assert "`rlmin data build walker2d medium --policy PATH`" in msg
     assert "--policies-dir" in msg
     with pytest.raises(FileNotFoundError) as info:
         builder.build_dataset("halfcheetah", "medium-replay", n_steps=10)
@@ -462,8 +463,8 @@ def test_cli_build_names_the_references_and_list_shows_status(fresh_minari_path,
     assert cli.main(["data", "build", "hopper", "random", "--steps", "40"]) == 0
     out = capsys.readouterr().out
     assert "built rlmin/hopper/random-v0" in out and "40 steps" in out and " ± " in out
-    assert "ref_min 24.80 (task table" in out and "ref_max 2867.00 (expert policy hopper-expert.pt" \
-        in out, out
+    assert "ref_min 24.80 (task table" in out, out
+    assert "ref_max 2867.00 (expert policy hopper-expert.pt" in out, out
     assert cli.main(["data", "list"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "rlmin/hopper/random-v0" in line)

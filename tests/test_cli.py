@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -17,41 +20,30 @@ from rlmin import cli
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
 from rlmin.config import ConfigError, load_config
 
-TINY_YAML = """\
-data: {{dataset: {dataset}, seq_len: 10}}
-agent: {{d_model: 16, n_layers: 1, dropout: 0.0}}
-train: {{steps: 10, batch_size: 8, warmup_steps: 2, lr: 1.0e-3, log_every: 5, checkpoint_every: 5,
-        num_threads: 1, progress: false, device: cpu}}
-eval: {{episodes: 1, target_returns: [100], max_episode_steps: 15}}
-"""
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+from conftest import torch_threads_kept
 
 
 @pytest.fixture
-def tiny_yaml(tmp_path, tiny_hopper_id):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_YAML.format(dataset=tiny_hopper_id))
-    return path
+def tiny_yaml(tmp_path, tiny_config):
+    return tiny_config.yaml(tmp_path / "tiny.yaml", "train.steps=10", "train.log_every=5")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_hopper_id):
+def trained(tmp_path_factory, tiny_config):
     """(run_dir, last checkpoint) of a 10-step run made with ``rlmin train``."""
-    n = torch.get_num_threads()
     root = tmp_path_factory.mktemp("cli_run")
-    config = root / "tiny.yaml"
-    config.write_text(TINY_YAML.format(dataset=tiny_hopper_id))
-    try:
+    config = tiny_config.yaml(root / "tiny.yaml", "train.steps=10", "train.log_every=5")
+    with torch_threads_kept():
         assert cli.main(["train", str(config), f"run_dir={root / 'run'}"]) == 0
-    finally:
-        torch.set_num_threads(n)
     return root / "run", list_checkpoints(root / "run")[-1]
+
+
+def one_error_line(capsys) -> str:
+    """stderr of the last command: exactly one line ``error: ...`` and no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, f"not one error line: {err!r}"
+    assert "Traceback" not in err, err
+    return err
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -64,7 +56,12 @@ BAD_OVERRIDES = [
     (["agent.dropout=true"], ["'agent.dropout'"]),                             # wrong type
     (["agent.backbone=mamba"], ["'agent.backbone'", "mamba", "mingru"]),       # unknown backbone
     (["agent.name=ppo"], ["'agent.name'", "ppo", "decision"]),                 # unknown agent
-    (["agent.d_model=0"], ["'agent.d_model'", "> 0"]),                         # zero size
+    (["agent.d_model=0"], ["'agent.d_model'", "positive"]),                    # zero size
+    (["agent.nope=1"], ["'agent.nope'", "not an option", "d_model"]),          # unknown option
+    (["agent.backbone_options.bogus=1"], ["bogus", "mingru", "expansion"]),    # backbone option
+    (["eval.target_returns=3600"], ["'eval.target_returns'", "[3600]"]),       # a scalar
+    (["eval.target_returns=[nan]"], ["'eval.target_returns'", "finite"]),
+    (["eval.mode=carry", "agent.backbone=transformer"], ["'eval.mode'", "window"]),
     (["train.batch_size=-4"], ["'train.batch_size'", "> 0"]),                  # negative size
     (["data.seq_len=0"], ["'data.seq_len'", "> 0"]),
     (["eval.max_episode_steps=-1"], ["'eval.max_episode_steps'", ">= 0"]),
@@ -89,7 +86,8 @@ def test_cli_config_errors_exit_2_with_one_line(tiny_yaml, tmp_path, capsys, ove
     code = cli.main(["train", str(tiny_yaml), f"run_dir={tmp_path / 'run'}", *overrides])
     err = capsys.readouterr().err.strip()
     assert code == 2, f"exit status {code}, stderr: {err}"
-    assert err.startswith("config error: ") and "\n" not in err, f"not one line: {err!r}"
+    assert err.startswith("error: ") and "\n" not in err, f"not one line: {err!r}"
+    assert "Traceback" not in err
     assert all(needle in err for needle in needles), err
     assert not (tmp_path / "run").exists(), "a bad config must fail before anything is written"
 
@@ -111,7 +109,7 @@ def test_include_of_a_missing_file(tmp_path, capsys):
     assert str(top) in msg and str(tmp_path / "parts" / "missing.yaml") in msg, msg
     assert cli.main(["train", str(top)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("config error: ") and "missing.yaml" in err and "\n" not in err, err
+    assert err.startswith("error: ") and "missing.yaml" in err and "\n" not in err, err
 
 
 def test_includes_merge_before_the_files_own_keys(tmp_path):
@@ -157,14 +155,150 @@ def test_eval_window_mode_writes_json(trained, tmp_path, capsys):
 def test_eval_default_output_is_next_to_the_checkpoint(trained, tmp_path, capsys):
     run, ckpt = trained
     assert cli.main(["eval", str(ckpt), "--episodes", "1", "--targets", "50",
+                     "--max-episode-steps", "5", "--seed", "7"]) == 0
+    # one file per setting: mode, seed and episodes are in its name
+    out = ckpt.parent / f"{ckpt.stem}.default.seed7.ep1.eval.json"
+    try:
+        res = json.loads(out.read_text())
+        assert list(res["targets"]) == ["50"]
+        # it records what was evaluated: checkpoint, step, dataset, mode, targets, seed, episodes
+        assert res["checkpoint"] == {"path": str(ckpt), "step": 10}
+        assert res["dataset_id"] == load_checkpoint(ckpt)["dataset"]["id"]
+        assert res["agent"] == {"label": "mingru", "act_mode": "carry"}
+        assert (res["seed"], res["episodes"]) == (7, 1) and res["ref_source"]
+        table = capsys.readouterr().out
+        assert "± n/a" in table, f"one episode has no std: the table should say n/a:\n{table}"
+
+        # the same evaluation again would replace it: refused, before any work
+        assert cli.main(["eval", str(ckpt), "--episodes", "1", "--targets", "50",
+                         "--max-episode-steps", "5", "--seed", "7"]) == 2
+        err = one_error_line(capsys)
+        assert str(out) in err and "--overwrite" in err, err
+        assert json.loads(out.read_text()) == res
+        assert cli.main(["eval", str(ckpt), "--episodes", "1", "--targets", "60",
+                         "--max-episode-steps", "5", "--seed", "7", "--overwrite"]) == 0
+        assert list(json.loads(out.read_text())["targets"]) == ["60"]
+    finally:
+        out.unlink(missing_ok=True)  # the checkpoint dir is shared by the module's tests
+
+
+def test_eval_accepts_a_run_dir(trained, capsys):
+    run, ckpt = trained
+    assert cli.main(["eval", str(run), "--episodes", "1", "--targets", "50",
                      "--max-episode-steps", "5"]) == 0
-    res = json.loads(ckpt.with_suffix(".eval.json").read_text())
-    assert list(res["targets"]) == ["50"]
+    out = run / "eval" / "latest.default.seed10000.ep1.eval.json"
+    res = json.loads(out.read_text())
+    assert res["checkpoint"] == {"path": str(ckpt), "step": 10}, "the run's latest checkpoint"
+    assert str(out) in capsys.readouterr().out
+
+
+def test_eval_of_a_config_file_says_it_is_not_a_checkpoint(trained, capsys):
+    run, _ = trained
+    assert cli.main(["eval", str(run / "config.yaml"), "--episodes", "1"]) == 1
+    err = one_error_line(capsys)
+    assert "config.yaml is not a checkpoint" in err and "Delete" not in err, err
+
+
+def test_eval_out_is_checked_before_evaluating(trained, tmp_path, capsys, monkeypatch):
+    import rlmin.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated although --out cannot be written")
+
+    monkeypatch.setattr(rlmin.evaluate, "evaluate_checkpoint", never)
+    _, ckpt = trained
+    missing = tmp_path / "no" / "such" / "dir" / "x.json"
+    assert cli.main(["eval", str(ckpt), "--episodes", "1", "--out", str(missing)]) == 2
+    err = one_error_line(capsys)
+    assert str(missing.parent) in err, err
+    assert not (tmp_path / "no").exists(), "a mistyped --out must not create folders"
+    assert cli.main(["eval", str(ckpt), "--episodes", "1", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--episodes", "0"], "--episodes"),
+    (["--n-envs", "-1"], "--n-envs"),
+    (["--targets", "nan"], "--targets"),
+    (["--targets", "-5"], "--targets"),
+])
+def test_eval_usage_errors_are_one_line(trained, capsys, argv, needle):
+    _, ckpt = trained
+    assert cli.main(["eval", str(ckpt), *argv]) == 2
+    assert needle in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def trained_transformer(tmp_path_factory, tiny_config):
+    root = tmp_path_factory.mktemp("cli_transformer")
+    with torch_threads_kept():
+        assert cli.main(["train", str(tiny_config.yaml(root / "t.yaml")), "agent.backbone=transformer",
+                         "train.steps=2", "eval.max_episode_steps=3", f"run_dir={root / 'run'}"]) == 0
+    return root / "run"
+
+
+def test_eval_mode_carry_on_a_transformer_is_one_line(trained_transformer, capsys):
+    assert cli.main(["eval", str(trained_transformer), "--episodes", "1", "--mode", "carry"]) == 2
+    err = one_error_line(capsys)
+    assert "carry" in err and "window" in err, err
+    assert not (trained_transformer / "eval").exists()
+
+
+@pytest.mark.parametrize("overrides, needle, code", [
+    (["train.device=tpu"], "train.device", 2),
+    (["data.task=ant"], "ant", 2),
+])
+def test_train_mistakes_are_one_line(tiny_yaml, tmp_path, capsys, overrides, needle, code):
+    assert cli.main(["train", str(tiny_yaml), f"run_dir={tmp_path / 'run'}", *overrides]) == code
+    assert needle in one_error_line(capsys)
+
+
+def test_debug_shows_the_traceback(tiny_yaml, tmp_path, monkeypatch, capsys):
+    argv = ["train", str(tiny_yaml), f"run_dir={tmp_path / 'run'}", "train.device=tpu"]
+    with pytest.raises(ConfigError, match="train.device"):
+        cli.main(["--debug", *argv])
+    monkeypatch.setenv("RLMIN_DEBUG", "1")
+    with pytest.raises(ConfigError, match="train.device"):
+        cli.main(argv)
+    proc = subprocess.run([sys.executable, "-m", "rlmin.cli", "--debug", "eval", "nothere.pt"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr, proc.stderr
+    monkeypatch.delenv("RLMIN_DEBUG")
+    proc = subprocess.run([sys.executable, "-m", "rlmin.cli", "eval", "nothere.pt"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={k: v for k, v in {**os.environ, "OMP_NUM_THREADS": "1"}.items()
+                               if k != "RLMIN_DEBUG"}, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "nothere.pt" in proc.stderr
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rlmin {version('rlmin')}"
+
+
+def test_shipped_configs_are_found_from_any_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing called configs/ here
+    path = cli.find_config("configs/backbones/mingru.yaml")
+    assert path.is_file() and path == cli.CONFIG_ROOT / "backbones" / "mingru.yaml"
+    assert cli.find_config("backbones/mingru.yaml") == path
+    cfg = load_config([cli.find_config("configs/tasks/hopper-medium.yaml"), path])
+    assert cfg.agent.name == "decision" and cfg.agent.backbone == "mingru"
+    mine = tmp_path / "configs" / "backbones"
+    mine.mkdir(parents=True)
+    (mine / "mingru.yaml").write_text("train: {steps: 3}\n")
+    assert cli.find_config("configs/backbones/mingru.yaml").resolve() == \
+        (mine / "mingru.yaml").resolve(), "a file under the cwd wins over the shipped one"
 
 
 def test_export_then_policy_acts_without_the_dataset(trained, tmp_path, fresh_minari_path,
                                                      capsys):
-    from rlmin.policy import Policy, agent_from_checkpoint
+    from rlmin.policy import FORMAT, Policy, agent_from_payload
 
     _, ckpt = trained
     out = tmp_path / "policy.pt"
@@ -173,9 +307,15 @@ def test_export_then_policy_acts_without_the_dataset(trained, tmp_path, fresh_mi
     # MINARI_DATASETS_PATH now points at an empty folder: the policy must need nothing from it.
     assert not any(fresh_minari_path.iterdir())
 
+    payload = load_checkpoint(out)
+    assert payload["format"] == FORMAT == "rlmin-policy-v2"
+    assert payload["eval_spec"] == load_checkpoint(ckpt)["eval_spec"]  # saved once, whole
+    assert set(payload["agent"]) == {"name", "options", "spec"} and payload["step"] == 10
     policy = Policy.load(out)
-    assert policy.info["env_id"] == "Hopper-v5" and policy.agent.act_mode == "carry"
-    reference = agent_from_checkpoint(load_checkpoint(ckpt))  # the same weights, acting alone
+    assert policy.eval_spec.env_id == "Hopper-v5" and policy.agent.act_mode == "carry"
+    assert policy.eval_spec.target_returns == tuple(payload["eval_spec"]["target_returns"])
+    assert policy.eval_spec.ref_max == 101.0  # the tiny set's own reference score
+    reference = agent_from_payload(load_checkpoint(ckpt))  # the same weights, acting alone
     ref_state = reference.reset(1, 100.0)
 
     env = gym.make("Hopper-v5")
@@ -206,3 +346,40 @@ def test_policy_load_refuses_a_training_checkpoint(trained):
 
     with pytest.raises(CheckpointError, match="rlmin export"):
         Policy.load(trained[1])
+
+
+def test_export_from_a_run_dir_and_its_target_checks(trained, tmp_path, capsys):
+    from rlmin.policy import Policy
+
+    run, _ = trained
+    out = tmp_path / "from_run.pt"
+    assert cli.main(["export", str(run), str(out)]) == 0
+    assert Policy.load(out).eval_spec.env_id == "Hopper-v5"
+    capsys.readouterr()
+
+    target = tmp_path / "a_dir"
+    target.mkdir()
+    assert cli.main(["export", str(run), str(target)]) == 2
+    assert "is a directory" in one_error_line(capsys)
+    assert list(target.iterdir()) == [] and not list(tmp_path.glob("*.tmp*")), "left a temp file"
+    assert cli.main(["export", str(run), str(tmp_path / "nothere" / "p.pt")]) == 2
+    assert "does not exist" in one_error_line(capsys)
+    assert not list(tmp_path.glob("**/.tmp-*")) and not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_a_malicious_pickle_is_refused_saying_it_holds_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"agent": {}, "eval_spec": {}, "model": {}, "x": Hostile()}, evil)
+    for argv in (["eval", str(evil), "--episodes", "1", "--out", str(tmp_path / "e.json")],
+                 ["export", str(evil), str(tmp_path / "p.pt")]):
+        assert cli.main(argv) == 1
+        err = one_error_line(capsys)
+        assert "holds Python code" in err and "never runs code" in err, err
+        assert "weights_only=False" not in err and "corrupt" not in err, err
+    assert not marker.exists(), "loading ran code from the pickle"

@@ -369,7 +369,7 @@ def building(dataset_id: str, overwrite: bool = False) -> Iterator[Path]:
         new = build / dataset_id
         reason = _incomplete_reason(new / "data") if new.exists() else "nothing was written"
         if reason is not None:
-            raise RuntimeError(f"building {dataset_id} did not produce a complete dataset: {reason}")
+            raise RuntimeError(f"building {dataset_id} did not make a complete dataset: {reason}")
         _fsync_tree(new)
         ensure_namespace(dataset_id)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -505,9 +505,9 @@ def reference_note(row: dict) -> str:
                 f"with its task's table values")
     def source(key):
         return f" ({row[key]})" if row.get(key) else ""
-    score = f"behaviour {row['normalised']:.1f} normalised; " if row.get("normalised") is not None \
-        else ""
-    return (f"{score}scores on {row['id']} are normalised as 100 * (R - ref_min) / (ref_max - "
+    score = (f"normalised behaviour return {row['normalised']:.1f}. "
+             if row.get("normalised") is not None else "")
+    return (f"{score}Scores on {row['id']} are normalised as 100 * (R - ref_min) / (ref_max - "
             f"ref_min) with its ref_min {lo:.2f}{source('ref_min_source')} and ref_max "
             f"{hi:.2f}{source('ref_max_source')}")
 

@@ -1,0 +1,137 @@
+"""Export a trained decision agent's carry step as one ONNX graph, run without torch by rlmin.onnx_policy.
+
+    rlmin export CHECKPOINT policy.onnx          # the suffix picks ONNX (needs the `export` extra)
+    from rlmin.policy import Policy
+    policy = Policy.load("policy.onnx")          # an rlmin.onnx_policy.OnnxPolicy: numpy + onnxruntime
+
+The graph is ONE carry step for n envs (n is a dynamic axis), all float32 but ``t`` (int64) and
+``done`` (bool):
+
+* inputs: ``obs`` [n, obs_dim] (raw: the dataset's normalisation is inside the graph),
+  ``reward`` [n] (of the previous action; ignored on a row's first step), ``done`` [n] (the row's
+  ``obs`` starts a new episode: its state is reset inside the graph, to the backbone's initial
+  state, R = target and t = 0), then the state, named as the torch agent's state keys:
+  ``target`` [n], ``rtg`` [n], ``t`` [n], ``prev_action`` [n, act_dim], ``backbone.0``, ...
+* outputs: ``action`` [n, act_dim], then the new state ``next.rtg``, ``next.t``,
+  ``next.backbone.0``, ... (``target`` does not change; the next ``prev_action`` is ``action``).
+
+It is traced from ``DecisionAgent.carry_steps``, the same branch-free code the torch agent runs
+with ``carry_impl = "step"``, so the graph and the agent compute one function. The metadata a
+policy needs (format, the agent record, the eval spec with env id, target returns and reference
+scores, the state's names, shapes and dtypes) is JSON in the model's ``metadata_props["rlmin"]``:
+the .onnx file is the whole deployment. A transformer (or any agent acting in ``window`` mode)
+is refused: its acting state is a K-step window, not a carried state.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlmin.checkpoint import CheckpointError
+from rlmin.nn import reset_rows
+from rlmin.policy import agent_from_payload, check_output_file, load_payload
+
+FORMAT = "rlmin-onnx-policy-v1"
+METADATA_KEY = "rlmin"
+OPSET = 17  # LayerNormalization is an ONNX op from opset 17
+INPUTS = ("obs", "reward", "done")
+FIXED_STATE = ("target", "rtg", "t", "prev_action")  # then the backbone's: backbone.0, backbone.1, ...
+UPDATED_STATE = ("rtg", "t")  # outputs next.<key>; plus every backbone tensor
+
+
+class CarryStep(nn.Module):
+    """One carry step of a DecisionAgent as a function of tensors only: what the ONNX graph holds.
+
+    ``forward(obs, reward, done, target, rtg, t, prev_action, *backbone_state)`` ->
+    ``(action, rtg, t, *backbone_state)``, the same step as ``agent.act`` on the same state.
+    """
+
+    def __init__(self, agent):
+        super().__init__()
+        self.agent = agent
+        # The backbone's initial state for one row (zeros, or a learned h0): done rows take it.
+        self.fresh = nn.ParameterList(nn.Parameter(s, requires_grad=False)
+                                      for s in agent._initial_backbone_state(1))
+
+    def forward(self, obs, reward, done, target, rtg, t, prev_action, *bstate):
+        agent = self.agent
+        t = torch.where(done, 0, t)
+        first = t == 0
+        rtg = torch.where(first, target, rtg - reward)  # a row's first R is its target (as reset gives)
+        prev = torch.where(first[:, None], 0.0, prev_action)
+        bstate = reset_rows(bstate, done, tuple(self.fresh))
+        y, bstate = agent.carry_steps(agent.normalize(obs), rtg, prev, t, first, bstate)
+        return (agent.head(y), rtg, t + 1, *bstate)
+
+
+def state_layout(agent) -> list[dict]:
+    """The acting state's tensors: name, per-row shape (after the n_envs dim) and dtype."""
+    state = agent.reset(1, 0.0)
+    return [{"name": k, "shape": list(state[k].shape[1:]),
+             "dtype": str(state[k].dtype).removeprefix("torch.")}
+            for k in (*FIXED_STATE, *agent.backbone_state_keys)]
+
+
+def check_exportable(agent) -> None:
+    """ValueError, in one line, unless the agent acts by a carried state (a graph of one step)."""
+    if getattr(agent, "act_mode", None) != "carry" or not hasattr(agent, "carry_steps"):
+        what = getattr(getattr(agent, "options", None), "backbone", type(agent).__name__)
+        raise ValueError(f"ONNX export needs a decision agent acting in carry mode; this one ({what}, "
+                         f"act_mode {getattr(agent, 'act_mode', None)!r}) re-runs a K-step window "
+                         f"every step: export it as a .pt policy instead")
+
+
+def onnx_bytes(agent, metadata: dict | None = None) -> bytes:
+    """The serialised ONNX model of ``agent``'s carry step (float32), ``metadata`` in its props."""
+    import onnx  # the `export` extra
+
+    check_exportable(agent)
+    agent = copy.deepcopy(agent).float().eval()  # the caller's agent keeps its dtype and mode
+    agent.carry_impl = "step"
+    step = CarryStep(agent).eval()
+    layout = state_layout(agent)
+    n = 2  # any example batch: the envs axis is dynamic
+    state = agent.reset(n, [1.0, 2.0])
+    example = (torch.zeros(n, agent.obs_dim), torch.zeros(n), torch.zeros(n, dtype=torch.bool),
+               *(state[s["name"]] for s in layout))
+    inputs = [*INPUTS, *(s["name"] for s in layout)]
+    outputs = ["action", *(f"next.{k}" for k in (*UPDATED_STATE, *agent.backbone_state_keys))]
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter: it traces plain ops with no extra dependency (the dynamo
+        # exporter needs onnxscript). Its deprecation and tracer warnings say nothing about this graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step, example, buffer, dynamo=False, opset_version=OPSET,
+                          input_names=inputs, output_names=outputs,
+                          dynamic_axes={name: {0: "n_envs"} for name in (*inputs, *outputs)})
+    model = onnx.load_from_string(buffer.getvalue())
+    meta = {"format": FORMAT, "obs_dim": agent.obs_dim, "act_dim": agent.act_dim,
+            "inputs": list(INPUTS), "state": layout, "outputs": outputs, **(metadata or {})}
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write an ONNX policy (graph + metadata, one file) from a checkpoint, run dir or .pt policy."""
+    out = Path(out)
+    check_output_file(out)
+    payload, source = load_payload(checkpoint)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise CheckpointError("ONNX export needs the onnx package: pip install 'rlmin[export]'") from None
+    agent = agent_from_payload(payload)
+    metadata = {"agent": payload["agent"], "eval_spec": payload["eval_spec"],
+                "dataset": payload.get("dataset"), "step": payload.get("step"), "source": str(source)}
+    data = onnx_bytes(agent, metadata)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)  # atomic: a reader never sees half a file
+    return out
