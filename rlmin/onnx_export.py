@@ -56,8 +56,9 @@ class CarryStep(nn.Module):
         super().__init__()
         self.agent = agent
         # The backbone's initial state for one row (zeros, or a learned h0): done rows take it.
-        self.fresh = nn.ParameterList(nn.Parameter(s, requires_grad=False)
-                                      for s in agent._initial_backbone_state(1))
+        self.n_fresh = len(agent.backbone_state_keys)
+        for i, s in enumerate(agent._initial_backbone_state(1)):
+            self.register_buffer(f"fresh_{i}", s.detach().clone())
 
     def forward(self, obs, reward, done, target, rtg, t, prev_action, *bstate):
         agent = self.agent
@@ -65,7 +66,7 @@ class CarryStep(nn.Module):
         first = t == 0
         rtg = torch.where(first, target, rtg - reward)  # a row's first R is its target (as reset gives)
         prev = torch.where(first[:, None], 0.0, prev_action)
-        bstate = reset_rows(bstate, done, tuple(self.fresh))
+        bstate = reset_rows(bstate, done, tuple(getattr(self, f"fresh_{i}") for i in range(self.n_fresh)))
         y, bstate = agent.carry_steps(agent.normalize(obs), rtg, prev, t, first, bstate)
         return (agent.head(y), rtg, t + 1, *bstate)
 
