@@ -183,11 +183,13 @@ class DecisionAgent(Agent):
         return mse, {"loss": value, "action_mse": value}
 
     # ================================================================= acting
-    #: How carry mode runs the backbone on a step's new tokens. "chunk" (default): one
-    #: ``backbone.forward`` of the step's tokens with the carried state (a chunked forward equals
-    #: stepping, so the result is the same to float round-off, with a third of the calls);
-    #: "step": one ``backbone.step`` per token, the plain reference (and what the ONNX graph holds).
+    #: How carry mode runs the backbone on a step's new tokens (docs/ACTING.md has the numbers).
+    #: "chunk" (default): one ``backbone.forward`` of the step's tokens with the carried state (a
+    #: chunked forward equals stepping: the same result to float round-off, a third of the calls);
+    #: "step": one ``backbone.step`` per token, the plain reference (and what the ONNX graph holds);
+    #: "compiled": the "step" code through ``torch.compile`` (see ``compile_acting``).
     carry_impl: str = "chunk"
+    CARRY_IMPLS = ("chunk", "step", "compiled")
 
     def reset(self, n_envs: int, target_return=None) -> State:
         """State for ``n_envs`` new episodes, each asking for ``target_return`` (float or [n_envs]).
@@ -284,13 +286,33 @@ class DecisionAgent(Agent):
     def _act_carry(self, obs, rtg, prev, t, first, state: State):
         keys = self.backbone_state_keys
         bstate = tuple(state[k] for k in keys)
-        if self.token_layout == "interleaved" and self.carry_impl == "chunk":
-            y, bstate = self._carry_chunk(obs, rtg, prev, t, first, bstate)
-        else:  # stacked: one token a step, nothing to chunk
-            y, bstate = self.carry_steps(obs, rtg, prev, t, first, bstate)
+        y, bstate = self._carry_function()(obs, rtg, prev, t, first, bstate)
         new_state = {k: v for k, v in state.items() if k not in keys}
         new_state.update(zip(keys, bstate))
         return self.head(y), new_state
+
+    def _carry_function(self):
+        if self.carry_impl not in self.CARRY_IMPLS:
+            raise ValueError(f"carry_impl must be one of {self.CARRY_IMPLS}, got {self.carry_impl!r}")
+        if self.carry_impl == "compiled":
+            return self.__dict__.get("_compiled_steps") or self.compile_acting()
+        if self.carry_impl == "chunk" and self.token_layout == "interleaved":
+            return self._carry_chunk
+        return self.carry_steps  # stacked: one token a step, nothing to chunk
+
+    def compile_acting(self, **compile_options):
+        """From now on, run carry acting through ``torch.compile`` of ``carry_steps`` (opt-in).
+
+        Inductor fuses a step's small elementwise ops into C++ loops and drops the work whose results
+        a step never reads (the last block's outputs at the a_{t-1} and R_t tokens). The first act
+        for each n_envs compiles (tens of seconds on a CPU): worth it for long rollouts with a fixed
+        number of envs. Weights are read live, so the compiled step follows further training.
+        Returns the compiled function (``compile_options`` go to ``torch.compile``).
+        """
+        fn = torch.compile(self.carry_steps, dynamic=False, **compile_options)
+        self.__dict__["_compiled_steps"] = fn  # a plain attribute: not a submodule, not in the state dict
+        self.carry_impl = "compiled"
+        return fn
 
     def step_tokens(self, obs, rtg, prev, t) -> torch.Tensor:
         """The interleaved tokens one step adds, [n, 3, d]: a_{t-1} (timestep t-1), R_t, s_t (timestep

@@ -24,7 +24,6 @@ is refused: its acting state is a K-step window, not a carried state.
 """
 from __future__ import annotations
 
-import copy
 import io
 import json
 import warnings
@@ -93,8 +92,10 @@ def onnx_bytes(agent, metadata: dict | None = None) -> bytes:
     import onnx  # the `export` extra
 
     check_exportable(agent)
-    agent = copy.deepcopy(agent).float().eval()  # the caller's agent keeps its dtype and mode
-    agent.carry_impl = "step"
+    source = agent
+    agent = type(source)(source.spec, source.options).eval()  # float32; the caller's agent is left alone
+    agent.load_state_dict(source.state_dict())
+    agent.act_mode, agent.carry_impl = "carry", "step"
     step = CarryStep(agent).eval()
     layout = state_layout(agent)
     n = 2  # any example batch: the envs axis is dynamic

@@ -87,6 +87,11 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Policy":
+        """A ``.pt`` policy (torch, on ``device``), or a ``.onnx`` one: an
+        ``rlmin.onnx_policy.OnnxPolicy`` with the same reset/act, run by ONNX Runtime on the CPU."""
+        if Path(path).suffix == ".onnx":
+            from rlmin.onnx_policy import OnnxPolicy
+            return OnnxPolicy.load(path)
         payload = load_checkpoint(path)
         if payload.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an exported rlmin policy ({FORMAT}); make one "

@@ -28,6 +28,10 @@ def check_new(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run_dir {run_dir} is a file: pick another run_dir")
     if run_dir.is_dir() and holds_run(run_dir):
+        holder = _live_holder(run_dir)
+        if holder:  # resuming would not help: say who is running it
+            raise RunDirError(f"run_dir {run_dir} is in use by {holder}: wait for it to finish, "
+                              f"or pick another run_dir")
         raise RunDirError(f"run_dir {run_dir} already holds a run: resume it with "
                           f"`rlmin train --resume {run_dir}`, or pick another run_dir")
     try:
@@ -37,6 +41,22 @@ def check_new(run_dir: Path) -> None:
                           f"run_dir=...") from None
     if not os.access(run_dir, os.W_OK):
         raise RunDirError(f"run_dir {run_dir} is not writable: pick a writable run_dir=...")
+
+
+def _live_holder(run_dir: Path) -> str | None:
+    """Who holds the run's lock right now (``lock.owner``), or None when nobody does."""
+    if not (run_dir / "lock").exists():
+        return None
+    probe = FileLock(str(run_dir / "lock"))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        owner = run_dir / "lock.owner"
+        return owner.read_text().strip() if owner.exists() else "another process"
+    except OSError:  # a read-only run dir: nobody can be writing to it
+        return None
+    probe.release()
+    return None
 
 
 class RunLock:

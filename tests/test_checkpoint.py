@@ -142,8 +142,48 @@ def test_arbitrary_objects_refused(tmp_path, obj):
     (tmp_path / "checkpoints").mkdir()
     path = tmp_path / "checkpoints" / "step_00000001.pt"
     torch.save({"step": 1, "x": obj}, path)
-    with pytest.raises(CheckpointError, match="refuses to load"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
+    msg = str(info.value)
+    assert "refused to load" in msg and str(path) in msg, msg
+    assert "holds Python code" in msg and "never runs code" in msg, msg
+    # not torch's advice (retry with weights_only=False), not "corrupt ... Delete it"
+    assert "weights_only=False" not in msg and "corrupt" not in msg and "Delete" not in msg, msg
+
+
+@pytest.mark.parametrize("wording", [
+    "Weights only load failed. Unsupported global: GLOBAL builtins.print was not an allowed global",
+    "Weights only load failed. Trying to load unsupported GLOBAL posix.system whose module posix "
+    "is blocked.",
+])
+def test_refusal_does_not_depend_on_torchs_wording(tmp_path, monkeypatch, wording):
+    import pickle
+
+    path = tmp_path / "step_00000001.pt"
+    torch.save({"step": 1}, path)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(wording + " Check the recorded stack trace ... "
+                                     "weights_only=False ...")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError, match="holds Python code") as info:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_disk_full_says_so(tmp_path, monkeypatch):
+    import errno
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        save_checkpoint(tmp_path, 1, {"step": 1})
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        ck.atomic_torch_save({"x": 1}, tmp_path / "policy.pt")
+    assert not list(tmp_path.rglob(".tmp-*")), "a temp file was left behind"
 
 
 def test_save_refuses_unsafe_payload_and_names_it(tmp_path):

@@ -18,7 +18,7 @@ from rlmin.data import (
     load_minari,
 )
 from rlmin.scores import normalized_score, reference_scores
-from rlmin.tasks import Task, get_task, list_tasks, resolve_dataset
+from rlmin.task import Task, get_task, list_tasks, resolve_dataset
 
 from conftest import TINY_MAX_STEPS, TINY_MIN_EPISODES, TINY_REF
 
@@ -303,7 +303,7 @@ def test_registry_finds_the_hopper_task():
 def test_registry_register_and_errors():
     toy = Task(name="toy", env_id="Pendulum-v1", max_episode_steps=200, dataset_ids={},
                ref_min=-1500.0, ref_max=0.0, ref_source="test", target_returns=(0.0,))
-    from rlmin.tasks import register_task
+    from rlmin.task import register_task
     register_task(toy)
     try:
         assert get_task("toy") is toy
@@ -320,8 +320,9 @@ def test_registry_register_and_errors():
         assert registry.load_builder("fake")("hopper", "medium") == "fake/hopper/medium-v0"
     finally:
         registry.unregister(registry.BUILDERS, "fake")
-    assert registry.load_agent_class  # the trainer's lookup exists
-    assert callable(registry.load_dataset_lister())
+    assert registry.load_agent_class("decision").__name__ == "DecisionAgent"  # the lookup works
+    from rlmin.data import list_local
+    assert callable(list_local)  # `rlmin data list` needs no entry point
 
 
 def test_d4rl_names_map_with_a_warning():

@@ -13,6 +13,7 @@ there are).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,29 +24,15 @@ import torch
 import torch.distributed as dist
 
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
-from rlmin.config import load_config
 from rlmin.data.sampler import SegmentSampler
 from rlmin.train import train
 
 STEPS, BATCH, SEQ_LEN, SEED = 12, 8, 10, 5
-YAML = f"""\
-data: {{dataset: {{dataset}}, seq_len: {SEQ_LEN}}}
-agent: {{d_model: 16, n_layers: 1, dropout: 0.0}}
-train: {{steps: {STEPS}, batch_size: {BATCH}, warmup_steps: 2, lr: 1.0e-3, seed: {SEED},
-        log_every: 1, checkpoint_every: 5, keep_checkpoints: 5, num_threads: 1, progress: false,
-        device: cpu}}
-eval: {{episodes: 1, target_returns: [100], max_episode_steps: 10}}
-"""
+TINY = (f"train.steps={STEPS}", f"train.batch_size={BATCH}", f"data.seq_len={SEQ_LEN}",
+        f"train.seed={SEED}", "train.keep_checkpoints=5", "eval.max_episode_steps=10")
 # Lines torchrun/c10d print when the launcher itself cannot start (not a trainer failure).
 LAUNCH_FAILURES = ("RendezvousConnectionError", "RendezvousError", "Address already in use",
                    "DistNetworkError", "No module named torch.distributed.run")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def tb_losses(run_dir) -> list[tuple[int, float]]:
@@ -58,9 +45,8 @@ def tb_losses(run_dir) -> list[tuple[int, float]]:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                     reason="torch.distributed with the gloo backend is not available in this torch")
-def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_hopper_id, tiny_hopper_data):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(YAML.replace("{dataset}", tiny_hopper_id))
+def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_config, tiny_hopper_data):
+    config = tiny_config.yaml(tmp_path / "tiny.yaml", *TINY)
 
     # The test is only meaningful if some steps give the two ranks unequal real-step counts.
     sampler = SegmentSampler(tiny_hopper_data, SEQ_LEN, BATCH, seed=SEED)
@@ -80,7 +66,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_hopper_id, tiny_hop
     assert proc.returncode == 0, log
 
     single_run = tmp_path / "single"
-    train(load_config([config], [f"run_dir={single_run}"]))
+    train(tiny_config(single_run, *TINY))
 
     got, want = tb_losses(ddp_run), tb_losses(single_run)
     assert [s for s, _ in got] == list(range(1, STEPS + 1)), f"DDP logged steps {got}"
@@ -96,7 +82,11 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_hopper_id, tiny_hop
     assert len(list((ddp_run / "tb").glob("events.out.tfevents.*"))) == 1
     assert proc.stdout.count("run dir:") == 1, proc.stdout
     assert sorted(p.name for p in ddp_run.iterdir()) == \
-        ["checkpoints", "config.yaml", "results.json", "tb"]
+        ["checkpoints", "config.yaml", "lock", "metrics.jsonl", "results.json", "tb"]
+    train_rows = [json.loads(line) for line in (ddp_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train_rows if r["kind"] == "train"] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([r["loss"] for r in train_rows if r["kind"] == "train"],
+                               [v for _, v in got], rtol=1e-6, err_msg="metrics.jsonl vs TensorBoard")
     assert [p.name for p in list_checkpoints(ddp_run)] == \
         ["step_00000005.pt", "step_00000010.pt", "step_00000012.pt"]
     # Each rank's RNG state is in the checkpoint, so a resumed DDP run continues exactly.

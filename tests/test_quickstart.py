@@ -2,8 +2,6 @@
 (offline, with Minari's writer), trains the quickstart config, evaluates, prints the scores."""
 import json
 
-import torch
-
 from rlmin import cli, dataset
 from rlmin.data.minari_io import is_local, read_metadata
 
@@ -12,13 +10,9 @@ def test_quickstart_builds_its_dataset_offline_and_reports(tmp_path, monkeypatch
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))  # a fresh machine
     monkeypatch.setattr(dataset, "AUTO_BUILD_STEPS", 400)  # the real job collects 100k steps
     assert not is_local("rlmin/hopper/medium-v0")
-    threads = torch.get_num_threads()
-    try:
-        code = cli.main(["quickstart", f"run_dir={tmp_path / 'run'}", "train.steps=4",
-                         "train.num_threads=1", "train.progress=false", "eval.episodes=1",
-                         "eval.max_episode_steps=20"])
-    finally:
-        torch.set_num_threads(threads)
+    code = cli.main(["quickstart", f"run_dir={tmp_path / 'run'}", "train.steps=4",
+                     "train.num_threads=1", "train.progress=false", "eval.episodes=1",
+                     "eval.max_episode_steps=20"])  # conftest restores the thread count
     assert code == 0
     assert is_local("rlmin/hopper/medium-v0")
     meta = read_metadata("rlmin/hopper/medium-v0")
@@ -27,5 +21,8 @@ def test_quickstart_builds_its_dataset_offline_and_reports(tmp_path, monkeypatch
     assert "normalised score per target return" in out and "behaviour policy" in out
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"]["id"] == "rlmin/hopper/medium-v0"
-    assert results["backbone"] == "mingru" and results["act_mode"] == "carry"
+    assert results["agent"] == "decision" and results["label"] == "mingru"
+    assert results["act_mode"] == "carry"
+    assert results["eval_spec"]["dataset_id"] == "rlmin/hopper/medium-v0"
+    assert results["eval_spec"]["ref_max"] == meta["ref_max_score"]  # the builder's, stored once
     assert results["step"] == 4

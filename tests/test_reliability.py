@@ -21,28 +21,17 @@ from rlmin.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from rlmin.config import load_config
 from rlmin.train import train
 
-TINY_YAML = """\
-data: {{dataset: {dataset}, seq_len: 10}}
-agent: {{d_model: 16, n_layers: 1, dropout: {dropout}}}
-train: {{steps: {steps}, batch_size: 8, warmup_steps: 5, lr: 1.0e-3, seed: 3, log_every: 1,
-        checkpoint_every: {every}, keep_checkpoints: 3, eval_every: {eval_every}, num_threads: 1,
-        progress: false, device: cpu}}
-eval: {{episodes: 1, target_returns: [100], max_episode_steps: 10}}
-"""
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def write_config(path: Path, dataset: str, steps: int, every: int, eval_every: int = 0,
+def write_config(tiny_config, path: Path, steps: int, every: int, eval_every: int = 0,
                  dropout: float = 0.1) -> Path:
-    path.write_text(TINY_YAML.format(dataset=dataset, steps=steps, every=every,
-                                     eval_every=eval_every, dropout=dropout))
-    return path
+    return tiny_config.yaml(path, f"train.steps={steps}", f"train.checkpoint_every={every}",
+                            f"train.eval_every={eval_every}", f"agent.dropout={dropout}",
+                            "train.warmup_steps=5", "train.seed=3", "train.keep_checkpoints=3",
+                            "eval.max_episode_steps=10")
+
+
+def cli_env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def assert_same_models(a: dict, b: dict, what: str) -> None:
@@ -65,8 +54,8 @@ def tb_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 # ----------------------------------------------------------------------------- damaged checkpoint
 
-def test_resume_falls_back_from_a_truncated_newest_checkpoint(tmp_path, tiny_hopper_id, capsys):
-    config = write_config(tmp_path / "tiny.yaml", tiny_hopper_id, steps=15, every=5)
+def test_resume_falls_back_from_a_truncated_newest_checkpoint(tmp_path, tiny_config, capsys):
+    config = write_config(tiny_config, tmp_path / "tiny.yaml", steps=15, every=5)
     run = tmp_path / "run"
     assert cli.main(["train", str(config), f"run_dir={run}"]) == 0
     newest = run / "checkpoints" / "step_00000015.pt"
@@ -108,11 +97,14 @@ def test_loading_never_unpickles_arbitrary_objects(tmp_path, capsys):
     torch.save({"step": 5, "model": {"w": torch.zeros(1)}, "evil": _Hostile(marker)}, ckpt)
 
     assert cli.main(["train", "--resume", str(run)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "step_00000005.pt" in err and "refuses" in err, err
-    with pytest.raises(CheckpointError, match="weights_only"):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "step_00000005.pt" in err, err
+    assert "holds Python code" in err and "never runs code" in err, err
+    with pytest.raises(CheckpointError, match="holds Python code"):
         Policy.load(ckpt)
     assert cli.main(["eval", str(ckpt), "--episodes", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "holds Python code" in err and "weights_only=False" not in err, err
     assert not marker.exists(), "a checkpoint load ran code from the pickle"
 
 
@@ -123,9 +115,8 @@ TOTAL = 200
 
 def _kill_after_first_checkpoint(cmd: list[str], run: Path, log: Path) -> int:
     """Start ``cmd``; SIGKILL it as soon as a checkpoint exists; returns the newest's step."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cli_env())
         try:
             deadline = time.monotonic() + 300
             while not list_checkpoints(run):
@@ -150,18 +141,20 @@ def _kill_after_first_checkpoint(cmd: list[str], run: Path, log: Path) -> int:
     return steps[-1]
 
 
-def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path, tiny_hopper_id):
+def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path, tiny_config):
     # Dropout on and an evaluation every 50 steps: the RNG streams, the sampler and the order of
     # RNG use around eval and checkpoints must all be restored for the models to match.
-    config = write_config(tmp_path / "tiny.yaml", tiny_hopper_id, steps=TOTAL, every=10,
+    config = write_config(tiny_config, tmp_path / "tiny.yaml", steps=TOTAL, every=10,
                           eval_every=50, dropout=0.1)
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "rlmin.cli", "train"]
     killed_at = _kill_after_first_checkpoint(cmd + [str(config), f"run_dir={run}"], run,
                                              tmp_path / "first.log")
 
+    # SIGKILL leaves the lock file behind; the OS released the lock itself, so resume may take it.
+    assert (run / "lock").exists()
     resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+                             env=cli_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"(step {killed_at})" in resumed.stdout, resumed.stdout
 
@@ -186,3 +179,119 @@ def test_killed_run_resumes_to_the_same_model_as_an_uninterrupted_one(tmp_path, 
         "the final loss differs from the uninterrupted run's"
     evals = [s for s, _ in tb_scalars(run / "tb", "eval/return_mean/target_100")]
     assert evals == [50, 100, 150, 200], f"evaluation steps after the resume: {evals}"
+
+
+# ----------------------------------------------------------------------------- one run per run dir
+
+def test_a_finished_run_dir_is_refused_in_one_line(tmp_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000200.pt").write_bytes(b"an earlier run's checkpoint")
+    (run / "results.json").write_text("{}")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert cli.main(["train", str(tiny_config.yaml(tmp_path / "tiny.yaml")), f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert f"--resume {run}" in err and "already holds a run" in err, err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before, "the old run was touched"
+    assert (run / "results.json").read_text() == "{}"
+
+
+LONG = ("train.steps=100000", "train.checkpoint_every=100000", "train.log_every=1",
+        "train.eval_every=0")
+
+
+def start_training(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlmin.cli", "train", *argv], cwd=cwd,
+                            stdout=log.open("w"), stderr=subprocess.PIPE, text=True, env=cli_env())
+
+
+def wait_for(proc: subprocess.Popen, what, description: str, log: Path, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not what():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited ({proc.returncode}) before {description}:\n"
+                        f"{log.read_text()}\n{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {description} after {timeout} s:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
+def train_rows(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    import json
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()
+            if line.strip() and '"train"' in line]
+
+
+def test_a_live_run_holds_its_dir_and_sigterm_saves_and_exits_143(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    config = tiny_config.yaml(tmp_path / "tiny.yaml")
+    first = start_training([str(config), f"run_dir={run}", *LONG], tmp_path, tmp_path / "first.log")
+    try:
+        wait_for(first, lambda: (run / "lock.owner").exists(), "its lock.owner file",
+                 tmp_path / "first.log")
+        holder = f"pid {first.pid}"
+        for argv in ([str(config), f"run_dir={run}", *LONG], ["--resume", str(run)]):
+            started = time.monotonic()
+            second = subprocess.run([sys.executable, "-m", "rlmin.cli", "train", *argv],
+                                    cwd=tmp_path, capture_output=True, text=True, env=cli_env(),
+                                    timeout=300)
+            err = second.stderr.strip()
+            assert second.returncode == 2, (second.returncode, err)
+            assert err.startswith("error: ") and "\n" not in err and holder in err, err
+            assert "in use" in err, err
+            assert time.monotonic() - started < 120, "the second run waited for the lock"
+        assert first.poll() is None, "the second process disturbed the first"
+
+        wait_for(first, lambda: len(train_rows(run)) >= 2, "two training steps", tmp_path / "first.log")
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 143, (first.returncode, err)
+    assert "Traceback" not in err and f"rlmin train --resume {run}" in err, err
+    (ckpt,) = list_checkpoints(run)
+    stopped = load_checkpoint(ckpt)["step"]
+    assert 2 <= stopped < 100000 and train_rows(run) == list(range(1, stopped + 1))
+    assert not (run / "lock.owner").exists(), "the run's lock owner file outlived it"
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, tiny_config):
+    """Also: shipped configs are found from another cwd, and nothing is written into the cwd."""
+    run = tmp_path / "run"
+    shipped = ["configs/tasks/hopper-medium.yaml", "configs/backbones/mingru.yaml"]
+    assert not (tmp_path / "configs").exists()
+    first = start_training([*shipped, *tiny_config.overrides(*LONG, run_dir=run)], tmp_path,
+                           tmp_path / "first.log")
+    try:
+        wait_for(first, lambda: len(train_rows(run)) >= 2, "two training steps", tmp_path / "first.log")
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130, (first.returncode, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert f"rlmin train --resume {run}" in err and "saved a checkpoint" in err, err
+    (ckpt,) = list_checkpoints(run)
+    stopped = load_checkpoint(ckpt)["step"]
+    assert stopped >= 2 and ckpt.name == f"step_{stopped:08d}.pt", "saved where it stopped"
+
+    resumed = subprocess.run([sys.executable, "-m", "rlmin.cli", "train", "--resume", str(run),
+                              f"train.steps={stopped + 2}"], cwd=tmp_path, capture_output=True,
+                             text=True, env=cli_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"(step {stopped})" in resumed.stdout, resumed.stdout
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == stopped + 2
+    assert train_rows(run) == list(range(1, stopped + 3)), "metrics.jsonl: each step once"
+    assert (run / "results.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log", "run"], \
+        "a run writes nothing into its working directory (e.g. MUJOCO_LOG.TXT)"

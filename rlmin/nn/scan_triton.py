@@ -52,7 +52,7 @@ from rlmin.nn.scan import _apply_opaque, _check
 CT_FWD = {False: 32, True: 16}  # keyed by "accumulate in float64"
 CT_BWD = {False: 16, True: 8}  # three input tiles instead of two
 CT_ENV_FWD, CT_ENV_BWD = "RLMIN_TRITON_CT_FWD", "RLMIN_TRITON_CT_BWD"
-CT_RANGE = (2, 128)  # tl.arange needs a power of 2; beyond 128 steps a tile no longer fits in registers
+CT_RANGE = (2, 128)  # tl.arange needs a power of 2; larger tiles only spill more registers
 
 WAY_AROUND = "agent.backbone_options.scan_impl=sequential"
 
@@ -137,7 +137,7 @@ def _scan_bwd_kernel(
 ):
     # g_t = dh_t + a_{t+1} g_{t+1} is the forward recurrence run backwards in time with
     # coefficient a_{t+1}: tiles hold CT timesteps in descending order (row r is t = T-1-k*CT-r).
-    # int64 strides, as in the forward kernel (tc is int64 too, but bi * s_b needs no int32 stride).
+    # int64 strides, as in the forward kernel: tc is int64 already, the casts keep every product 64-bit.
     sdh_b, sdh_t, sdh_d = tl.cast(sdh_b, tl.int64), tl.cast(sdh_t, tl.int64), tl.cast(sdh_d, tl.int64)
     sa_b, sa_t, sa_d = tl.cast(sa_b, tl.int64), tl.cast(sa_t, tl.int64), tl.cast(sa_d, tl.int64)
     sh_b, sh_t, sh_d = tl.cast(sh_b, tl.int64), tl.cast(sh_t, tl.int64), tl.cast(sh_d, tl.int64)

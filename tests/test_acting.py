@@ -1,0 +1,225 @@
+"""Acting paths: the chunked carry step equals the per-token reference; the ONNX policy equals the torch one.
+
+Tiny agents (d_model 16, 2 layers) built directly and saved as the payload ``rlmin export`` writes,
+so no training is needed. Observations and rewards are a fake random stream with ``done`` resets
+mid-stream, which exercises every row pattern: all rows starting, none, and some.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.decision import DecisionAgent
+from rlmin import cli
+from rlmin.policy import FORMAT, Policy, agent_payload
+from rlmin.spec import DataSpec
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+OBS, ACT, K = 5, 3, 8
+REPO = Path(__file__).resolve().parent.parent
+_rng = np.random.default_rng(7)
+OBS_MEAN = _rng.normal(size=OBS).astype(np.float32)
+OBS_STD = _rng.uniform(0.5, 2.0, size=OBS).astype(np.float32)
+EVAL_SPEC = {"env_id": "Hopper-v5", "max_episode_steps": 1000, "target_returns": [30.0, 15.0],
+             "ref_min": -20.0, "ref_max": 3000.0, "ref_source": "test", "obs_dim": OBS, "act_dim": ACT,
+             "dataset_id": "test/fake-v0", "task": None, "level": None}
+
+
+def make_agent(backbone="mingru", **options) -> DecisionAgent:
+    torch.manual_seed(0)
+    spec = DataSpec(OBS, ACT, OBS_MEAN, OBS_STD, seq_len=K, max_episode_steps=64)
+    opts = dict(backbone=backbone, d_model=16, n_layers=2, return_scale=10.0)
+    return DecisionAgent(spec, DecisionAgent.options_from_dict({**opts, **options}))
+
+
+def save_checkpoint(agent, path: Path) -> Path:
+    """A payload with the keys rlmin.policy.export_policy writes (a policy is a checkpoint too)."""
+    torch.save({"format": FORMAT, "agent": agent_payload("decision", agent), "model": agent.state_dict(),
+                "eval_spec": EVAL_SPEC, "dataset": {"id": "test/fake-v0"}, "step": 0}, path)
+    return path
+
+
+def stream(n: int, steps: int, seed: int = 0, p_done: float = 0.02):
+    """Raw obs [steps, n, OBS], rewards [steps, n] and done [steps, n]: a fake env's output."""
+    rng = np.random.default_rng(seed)
+    obs = OBS_MEAN + OBS_STD * rng.normal(size=(steps, n, OBS))
+    rewards = rng.uniform(-0.5, 1.0, size=(steps, n))
+    done = rng.uniform(size=(steps, n)) < p_done
+    done[0] = False
+    if n > 1 and steps > 5:
+        done[5, 0] = True  # some rows start, others do not
+    if steps > 9:
+        done[9] = True  # every row starts at once
+    return obs, rewards, done
+
+
+def run_agent(agent, n, steps, seed=0):
+    obs, rewards, done = stream(n, steps, seed)
+    state, out = agent.reset(n, 5.0 + np.arange(n)), []
+    for t in range(steps):
+        action, state = agent.act(obs[t], None if t == 0 else rewards[t - 1], state,
+                                  done[t] if t else None)
+        out.append(action)
+    return np.stack(out), state
+
+
+def run_policy(policy, n, steps, seed=0):
+    obs, rewards, done = stream(n, steps, seed)
+    policy.reset(n)
+    out = []
+    for t in range(steps):
+        out.append(policy.act(obs[t].astype(np.float32), None if t == 0 else rewards[t - 1],
+                              done[t] if t else None))
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------- torch acting paths
+@pytest.mark.parametrize("layout", ["interleaved", "stacked"])
+@pytest.mark.parametrize("backbone", ["mingru", "minlstm", "gru", "lstm"])
+def test_chunked_carry_equals_per_token_steps(backbone, layout):
+    """One backbone.forward of a step's tokens == one backbone.step per token, first rows included."""
+    agent = make_agent(backbone, token_layout=layout).double()
+    agent.carry_impl = "step"
+    ref, ref_state = run_agent(agent, 3, 30)
+    agent.carry_impl = "chunk"
+    out, state = run_agent(agent, 3, 30)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+    for key in ref_state:
+        np.testing.assert_allclose(state[key].numpy(), ref_state[key].numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{}, {"conv_kernel": 3, "learn_h0": True},
+                                     {"conv_kernel": 2, "conv_layout": "official"}])
+def test_chunked_carry_equals_training_forward(options):
+    """Carry acting from an episode's start is the whole-episode forward that training runs."""
+    agent = make_agent("mingru", backbone_options=options).double().eval()
+    n, steps = 2, 12
+    rng = np.random.default_rng(1)
+    obs = OBS_MEAN + OBS_STD * rng.normal(size=(n, steps, OBS))
+    actions = rng.uniform(-1, 1, size=(n, steps, ACT))
+    rewards = rng.uniform(size=(n, steps))
+    rtg = 5.0 - np.concatenate([np.zeros((n, 1)), np.cumsum(rewards, 1)[:, :-1]], 1)
+    state, out = agent.reset(n, 5.0), []
+    for t in range(steps):
+        a, state = agent.act(obs[:, t], None if t == 0 else rewards[:, t - 1], state,
+                             prev_action=None if t == 0 else actions[:, t - 1])
+        out.append(a)
+    with torch.no_grad():
+        full = agent.predict({"observations": (obs - OBS_MEAN) / OBS_STD, "actions": actions,
+                              "returns_to_go": rtg, "timesteps": np.tile(np.arange(steps), (n, 1))})
+    np.testing.assert_allclose(np.stack(out, 1), full.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_carry_equals_window_while_the_window_is_filling():
+    """For t < K both see the episode from its start through a fresh recurrence: the same actions.
+    (docs/AGENTS.md: beyond K, window acting restarts the recurrence every step, carry does not.)"""
+    agent = make_agent("mingru").double()
+    carry, _ = run_agent(agent, 2, K, seed=3)
+    with agent.acting("window"):
+        window, _ = run_agent(agent, 2, K, seed=3)
+    np.testing.assert_allclose(carry, window, rtol=1e-9, atol=1e-9)
+
+
+def test_act_leaves_the_input_state_alone_and_rejects_unknown_impl():
+    agent = make_agent("mingru")
+    state = agent.reset(2, 5.0)
+    _, state = agent.act(np.zeros((2, OBS)), None, state)
+    before = {k: v.clone() for k, v in state.items()}
+    agent.act(np.zeros((2, OBS)), np.ones(2), state, done=np.array([True, False]))
+    assert all(torch.equal(before[k], state[k]) for k in state)
+    agent.carry_impl = "fast"
+    with pytest.raises(ValueError, match="carry_impl"):
+        agent.act(np.zeros((2, OBS)), np.ones(2), state)
+
+
+# ---------------------------------------------------------------------------- the ONNX policy
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{name: (torch Policy, ONNX policy, onnx path)} for each exported agent."""
+    root = tmp_path_factory.mktemp("onnx")
+    agents = {"mingru": make_agent("mingru"), "minlstm": make_agent("minlstm"),
+              "mingru-conv-h0-stacked": make_agent("mingru", token_layout="stacked",
+                                                   backbone_options={"conv_kernel": 3, "learn_h0": True})}
+    out = {}
+    for name, agent in agents.items():
+        ckpt = save_checkpoint(agent, root / f"{name}.pt")
+        onnx_path = root / f"{name}.onnx"
+        assert cli.main(["export", str(ckpt), str(onnx_path)]) == 0
+        out[name] = (Policy.load(ckpt), Policy.load(onnx_path), onnx_path)
+    return out
+
+
+@pytest.mark.parametrize("n_envs", [1, 4])
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_onnx_policy_equals_torch_policy_over_1000_steps(exported, name, n_envs):
+    torch_policy, onnx_policy, _ = exported[name]
+    expected = run_policy(torch_policy, n_envs, 1000, seed=n_envs)
+    actions = run_policy(onnx_policy, n_envs, 1000, seed=n_envs)
+    assert actions.shape == (1000, n_envs, ACT) and actions.dtype == np.float32
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
+    assert onnx_policy.state["t"].tolist() == torch_policy.state["t"].tolist()
+    np.testing.assert_allclose(onnx_policy.state["rtg"], torch_policy.state["rtg"].numpy(), atol=1e-3)
+
+
+def test_onnx_policy_carries_conv_cache_and_learned_h0(exported):
+    torch_policy, onnx_policy, _ = exported["mingru-conv-h0-stacked"]
+    np.testing.assert_allclose(run_policy(onnx_policy, 3, 200), run_policy(torch_policy, 3, 200),
+                               rtol=0, atol=1e-5)
+
+
+def test_onnx_policy_metadata_and_api(exported):
+    torch_policy, onnx_policy, _ = exported["mingru"]
+    spec = onnx_policy.eval_spec
+    assert (spec.env_id, spec.target_returns, spec.ref_min, spec.ref_max) == ("Hopper-v5", (30.0, 15.0),
+                                                                            -20.0, 3000.0)
+    layout = {s["name"]: s for s in onnx_policy.metadata["state"]}
+    assert list(layout)[:4] == ["target", "rtg", "t", "prev_action"] and "backbone.1" in layout
+    assert onnx_policy.metadata["agent"]["options"]["backbone"] == "mingru"
+    with pytest.raises(RuntimeError, match="reset"):
+        type(onnx_policy).load(exported["mingru"][2]).act(np.zeros((1, OBS)))
+    onnx_policy.reset(2)  # the default target: the first of the eval spec's
+    assert onnx_policy.state["rtg"].tolist() == [30.0, 30.0]
+    onnx_policy.act(np.zeros((2, OBS)))
+    with pytest.raises(ValueError, match="reward"):
+        onnx_policy.act(np.zeros((2, OBS)))
+    with pytest.raises(ValueError, match="obs must be"):
+        onnx_policy.act(np.zeros((3, OBS)), np.zeros(3))
+
+
+def test_onnx_policy_runs_without_torch(exported, tmp_path):
+    """rlmin.onnx_policy imports numpy and onnxruntime only: it runs with torch made unimportable."""
+    torch_policy, _, path = exported["minlstm"]
+    expected = run_policy(torch_policy, 2, 20, seed=5)
+    np.savez(tmp_path / "stream.npz", *stream(2, 20, seed=5))
+    code = f"""
+import json, sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+sys.path.insert(0, {str(REPO)!r})
+import numpy as np
+from rlmin.onnx_policy import OnnxPolicy
+obs, rewards, done = np.load({str(tmp_path / "stream.npz")!r}).values()
+policy = OnnxPolicy.load({str(path)!r})
+policy.reset(2)
+out = [policy.act(obs[t], None if t == 0 else rewards[t - 1], done[t] if t else None).tolist()
+       for t in range(len(obs))]
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), expected, rtol=0, atol=1e-5)
+
+
+def test_transformer_export_is_refused_in_one_line(tmp_path, capsys):
+    ckpt = save_checkpoint(make_agent("transformer"), tmp_path / "dt.pt")
+    assert cli.main(["export", str(ckpt), str(tmp_path / "dt.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "carry" in err and ".pt" in err
+    assert not (tmp_path / "dt.onnx").exists()
