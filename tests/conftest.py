@@ -150,6 +150,8 @@ def _quiet():
 def tiny_hopper_id(minari_datasets_path) -> str:
     import minari
 
+    import envs  # noqa: F401  (MuJoCo's warnings become Python warnings, not MUJOCO_LOG.TXT in the cwd)
+
     env = gym.make("Hopper-v5", max_episode_steps=TINY_MAX_STEPS)
     env.action_space.seed(TINY_SEED)
     collector = minari.DataCollector(env, record_infos=False)

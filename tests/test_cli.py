@@ -246,6 +246,8 @@ def test_eval_mode_carry_on_a_transformer_is_one_line(trained_transformer, capsy
 
 @pytest.mark.parametrize("overrides, needle, code", [
     (["train.device=tpu"], "train.device", 2),
+    pytest.param(["train.device=cuda"], "train.device=cpu", 2, id="cuda-without-cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
     (["data.task=ant"], "ant", 2),
 ])
 def test_train_mistakes_are_one_line(tiny_yaml, tmp_path, capsys, overrides, needle, code):
