@@ -58,6 +58,13 @@ class DecisionAgent(Agent):
             if unknown:
                 raise ValueError(f"backbone_options {unknown} are not options of backbone "
                                  f"{self.backbone!r}; its options: {', '.join(known)}")
+            for name in ("timestep_embedding", "action_tanh"):
+                if not isinstance(getattr(self, name), bool):
+                    raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            try:  # the backbone checks its own option values; a tiny one is built to ask it
+                build_backbone(self.backbone, 4, 1, **self.backbone_options)
+            except ValueError as err:
+                raise ValueError(f"backbone_options for {self.backbone!r}: {err}") from None
             if self.token_layout not in LAYOUTS:
                 raise ValueError(f"token_layout must be one of {LAYOUTS}, got {self.token_layout!r}")
             if isinstance(self.return_scale, bool) or not self.return_scale > 0:

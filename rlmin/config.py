@@ -88,8 +88,9 @@ class Config:
     # Where the run writes; null gives runs/<name>-<timestamp>.
     run_dir: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
-    # agent.name (a registered agent) plus that agent's own options, typed by its Options class.
-    agent: Dict[str, Any] = field(default_factory=lambda: {"name": "decision"})
+    # agent.name (a registered agent; unset: the one the installed packages register as
+    # "default") plus that agent's own options, typed by its Options class.
+    agent: Dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -173,7 +174,25 @@ def validate(cfg: DictConfig) -> None:
     if targets is not None and not all(math.isfinite(t) and t >= 0 for t in targets):
         raise ConfigError(f"config key 'eval.target_returns' must hold finite returns >= 0, "
                           f"got {list(targets)}")
+    if cfg.data.task is not None:
+        from rlmin.task import all_tasks
+
+        if cfg.data.task not in all_tasks():
+            raise ConfigError(f"config key 'data.task' is {cfg.data.task!r}; known tasks: "
+                              f"{', '.join(sorted(all_tasks()))}")
     _validate_agent(cfg)
+
+
+def default_agent_name() -> str:
+    """The name of the agent registered as ``default`` in ``rlmin.agents`` (pyproject.toml)."""
+    from rlmin.registry import AGENTS, load_group
+
+    agents = load_group(AGENTS)
+    if "default" not in agents:
+        raise ConfigError(f"config key 'agent.name' is not set and no agent is registered as "
+                          f"the default: set agent.name to one of {', '.join(sorted(agents))}")
+    return next((name for name, cls in sorted(agents.items())
+                 if cls is agents["default"] and name != "default"), "default")
 
 
 def agent_class(cfg: DictConfig):
@@ -204,14 +223,18 @@ def agent_options(cfg: DictConfig):
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"config key 'agent.{key}': {str(e).splitlines()[0].strip()}") from None
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"agent {cfg.agent.name!r} option: {e}") from None
+    except (ValueError, TypeError) as e:  # Options messages open with the option's name
+        field = next((k for k in sorted(known, key=len, reverse=True) if str(e).startswith(k)), None)
+        where = f"config key 'agent.{field}'" if field else f"agent {cfg.agent.name!r} options"
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _validate_agent(cfg: DictConfig) -> None:
     """Registered agent, its options and the eval acting mode: before any dataset is loaded."""
+    if cfg.agent.get("name") is None:
+        cfg.agent.name = default_agent_name()
     if not isinstance(cfg.agent.get("name"), str):
-        raise ConfigError("config key 'agent.name' must name a registered agent, e.g. decision")
+        raise ConfigError("config key 'agent.name' must name a registered agent")
     options = agent_options(cfg)
     if cfg.eval.mode is not None:
         try:

@@ -4,8 +4,10 @@ An exported policy is one file: the agent (registered name, options, data spec, 
 the normalisation) and the evaluation spec (env id, targets, reference scores). It loads with
 ``weights_only=True`` and needs no dataset::
 
+    import gymnasium as gym
     from rlmin.policy import Policy
     policy = Policy.load("hopper_policy.pt")
+    env = gym.make(policy.eval_spec.env_id)     # the env the policy was trained for
     policy.reset(n_envs=1)                      # target return: the policy's first default
     obs, _ = env.reset(seed=0); reward = None
     while True:

@@ -40,8 +40,18 @@ def _batch(gen: torch.Generator, batch: int = 4) -> dict:
     return batch_
 
 
-def _act_episode(agent, steps: int = 6, seed: int = 0, done_at: int | None = None):
+def _act_episode(agent, steps: int = 6, seed: int = 0, done_at: int | None = None,
+                 restart_only: bool = False):
+    """Actions [steps, ENVS, ACT] of one seeded observation/reward stream. ``restart_only``:
+    instead, one env that starts fresh at ``done_at`` fed row 0's stream from there on."""
     gen = np.random.default_rng(seed)
+    if restart_only:
+        stream = [(gen.normal(size=(ENVS, OBS)), gen.normal(size=ENVS)) for _ in range(steps)]
+        fresh, reward, actions = _FreshRow(agent), None, []
+        for obs, next_reward in stream[done_at:]:
+            actions.append(fresh.act(obs[:1], reward))
+            reward = next_reward[:1]
+        return np.stack(actions)[:, 0]
     state, reward, actions = agent.reset(ENVS, 100.0), None, []
     for t in range(steps):
         obs = gen.normal(size=(ENVS, OBS))
@@ -60,6 +70,15 @@ def _act_episode(agent, steps: int = 6, seed: int = 0, done_at: int | None = Non
         state, reward = new_state, gen.normal(size=ENVS)
         actions.append(action)
     return np.stack(actions)
+
+
+class _FreshRow:
+    def __init__(self, agent):
+        self.agent, self.state = agent, agent.reset(1, 100.0)
+
+    def act(self, obs, reward):
+        action, self.state = self.agent.act(obs, reward, self.state)
+        return np.asarray(action)
 
 
 def check_agent(cls, options=None) -> None:
@@ -95,6 +114,9 @@ def check_agent(cls, options=None) -> None:
     fresh = _act_episode(agent, seed=0, steps=3)
     assert np.allclose(reset[:3], fresh), "a done on one row changed the steps before it"
     assert np.allclose(reset[3:, 1:], first[3:, 1:]), "done on row 0 changed other rows"
+    restarted = _act_episode(agent, seed=0, steps=6, done_at=3, restart_only=True)
+    assert np.allclose(reset[3:, 0], restarted), \
+        "after done, row 0 did not act as a fresh episode fed the same observations"
 
     for mode in cls.act_modes:
         try:
