@@ -1,141 +1,273 @@
-"""Acting latency per environment step (16 envs at once) of the decision agent, per backbone.
+"""Acting latency of exported policies, timed as users run them: `rlmin export`, `Policy.load(...).act`.
 
-    python scripts/bench_act.py                 # 30 timed calls at t=10 and at t=900
-    python scripts/bench_act.py --quick         # 5 timed calls each
-    python scripts/bench_act.py --threads 2 --envs 16 --out runs/bench/act.json
+    python scripts/bench_act.py                   # the full run: on an idle machine (~10 min)
+    python scripts/bench_act.py --quick           # a few hundred steps: checks that it works
+    python scripts/bench_act.py --no-compile --out runs/bench/act.json
 
-For each backbone (mingru, minlstm, transformer, gru, lstm, at the parameter-matched widths of
-``bench_train.py``; 3 layers, interleaved tokens, K=20) and each acting mode it supports:
+Two model sizes: ``dt`` (d_model 128, 3 layers: the Decision Transformer's widths) and
+``quickstart`` (64, 2: configs/quickstart.yaml). Hopper's shapes (obs 11, act 3), K = 20,
+interleaved tokens unless said. For each size, every contestant is a policy exported from a
+checkpoint of a freshly built agent (no training: latency does not depend on the weights):
 
-* ``carry``: the backbone state is carried; every ``act`` feeds only the new tokens through
-  ``backbone.step`` (recurrent backbones only).
-* ``window``: every ``act`` re-runs the backbone over the last K=20 steps (3K = 60 tokens), as the
-  Decision Transformer acts (every backbone).
+* ``mingru`` / ``minlstm``, carry mode, as ``Policy.load("policy.pt")`` runs them:
+  ``step`` (one ``backbone.step`` per token: three per env step, the path before the chunked one,
+  here inside the slimmer ``act`` of today),
+  ``chunk`` (the default: one ``backbone.forward`` of the step's three tokens),
+  ``compiled`` (``agent.compile_acting()``: torch.compile of the step path; compile time reported);
+  and ``onnx`` (``rlmin export CKPT policy.onnx``, run by ONNX Runtime through ``Policy.load``).
+* ``mingru stacked``: one token per step (``chunk`` = its only torch path, and ``onnx``).
+* ``gru``: torch's ``nn.GRU`` in carry mode at the width with minGRU's parameter count.
+* ``transformer window``: the Decision Transformer's acting, re-running the K = 20 window
+  (60 tokens) every step: the reference of the ``x DT`` column.
 
-The agent (eval mode, no grad, as the evaluator runs it) is advanced to step t of an episode
-with ``act`` calls on random observations, then ``--calls`` more calls are timed; this is done
-at t=10 and t=900 in one pass per (backbone, mode). One call = one step of all ``--envs`` envs;
-the table gives ms per call. The target: carry-mode minGRU at least 5x faster per step than the
-transformer's K=20 window, at both t (ratios measured side by side in this run). Torch runs
-with 1 thread unless ``--threads``.
+At 1 and 16 envs (``--envs``). Each policy is advanced to t = ``--t`` (300) with random
+observations and rewards, then the contestants take turns: ``--rounds`` rounds of ``--calls``
+timed ``act`` calls each, so a load change hits all alike. One call = one step of every env;
+the table gives the median ms per call (and the minimum). Torch and ONNX Runtime run with
+``--threads`` threads (1). The JSON (``--out``) holds every row, the machine, the load average
+before and after, the compile times, and the issue's goals marked met or not.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BACKBONES, OBS_DIM, build_agent, matched_widths, parse_backbones  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rlmin.cpu import tune_cpu_allocator  # noqa: E402
 from rlmin.machine import machine_info, machine_line  # noqa: E402
 
-TARGET_SPEEDUP = 5.0
-RECURRENT = {"mingru", "minlstm", "gru", "lstm"}
+OBS_DIM, ACT_DIM, K = 11, 3, 20
+MODELS = {"dt": (128, 3), "quickstart": (64, 2)}
+GOAL_SPEEDUP, GOAL_ONNX_SPEEDUP, GOAL_ONE_ENV_MS = 25.0, 50.0, 0.3
 
 
-def bench_backbone(backbone: str, d_model: int, mode: str, n_envs: int, at: list[int],
-                   calls: int, seed: int = 0) -> list[dict]:
+def build_agent(backbone: str, d_model: int, n_layers: int, layout: str = "interleaved"):
     import numpy as np
     import torch
 
-    torch.manual_seed(seed)
-    agent = build_agent(backbone, d_model, context_steps=20)
-    agent.act_mode = mode
-    agent.eval()
-    rng = np.random.default_rng(seed)
-    obs = rng.standard_normal((calls + max(at) + 1, n_envs, OBS_DIM)).astype(np.float32)
-    rewards = rng.random((calls + max(at) + 1, n_envs)).astype(np.float32)
-    rows = []
-    with torch.no_grad():
-        state = agent.reset(n_envs, 3600.0)
-        t = 0
-        for target_t in sorted(at):
-            while t < target_t:  # advance the episode to step target_t
-                _, state = agent.act(obs[t], None if t == 0 else rewards[t], state)
-                t += 1
-            times = []
+    from agents.decision import DecisionAgent
+    from rlmin.spec import DataSpec
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    spec = DataSpec(OBS_DIM, ACT_DIM, rng.normal(size=OBS_DIM), rng.uniform(0.5, 2.0, size=OBS_DIM),
+                    seq_len=K, max_episode_steps=1000)
+    return DecisionAgent(spec, DecisionAgent.Options(backbone=backbone, d_model=d_model,
+                                                     n_layers=n_layers, token_layout=layout))
+
+
+def params(agent) -> int:
+    return sum(p.numel() for p in agent.parameters())
+
+
+def matched_width(backbone: str, n_layers: int, target: int, step: int = 4) -> int:
+    """The d_model (a multiple of ``step``) whose agent's parameter count is nearest ``target``."""
+    count = lambda k: params(build_agent(backbone, k * step, n_layers))  # noqa: E731 (grows with d)
+    lo, hi = 1, 1024 // step
+    while lo < hi:  # the smallest k with count(k) >= target
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if count(mid) >= target else (mid + 1, hi)
+    return step * min((k for k in (lo - 1, lo) if k >= 1), key=lambda k: abs(count(k) - target))
+
+
+def save_checkpoint(agent, path: Path) -> Path:
+    """The payload `rlmin train` checkpoints hold (what `rlmin export` reads)."""
+    import torch
+
+    from rlmin.policy import agent_payload
+
+    eval_spec = {"env_id": "Hopper-v5", "max_episode_steps": 1000, "target_returns": [3600.0],
+                 "ref_min": None, "ref_max": None, "ref_source": "none", "obs_dim": OBS_DIM,
+                 "act_dim": ACT_DIM, "dataset_id": "bench", "task": None, "level": None}
+    torch.save({"agent": agent_payload("decision", agent), "model": agent.state_dict(),
+                "eval_spec": eval_spec, "dataset": None, "step": 0}, path)
+    return path
+
+
+def contestants(model: str, folder: Path, threads: int, compile_: bool) -> list[dict]:
+    """[{name, make}] for one model size; ``make()`` returns a policy with reset/act."""
+    from rlmin.onnx_export import export_onnx
+    from rlmin.onnx_policy import OnnxPolicy
+    from rlmin.policy import Policy, export_policy
+
+    d, layers = MODELS[model]
+    out = []
+
+    def exported(backbone, width, layout="interleaved"):
+        ckpt = save_checkpoint(build_agent(backbone, width, layers, layout), folder / f"{model}-{backbone}-{layout}.ckpt")
+        pt = export_policy(ckpt, folder / f"{model}-{backbone}-{layout}.pt")
+        onnx = None
+        if backbone != "transformer":
+            onnx = export_onnx(ckpt, folder / f"{model}-{backbone}-{layout}.onnx")
+        return pt, onnx
+
+    def torch_policy(pt, impl=None):
+        def make():
+            policy = Policy.load(pt)
+            if impl == "compiled":
+                policy.agent.compile_acting()
+            elif impl is not None:
+                policy.agent.carry_impl = impl
+            return policy
+        return make
+
+    for backbone in ("mingru", "minlstm"):
+        pt, onnx = exported(backbone, d)
+        out += [{"name": f"{backbone} step", "make": torch_policy(pt, "step")},
+                {"name": f"{backbone} chunk", "make": torch_policy(pt, "chunk")}]
+        if compile_:
+            out.append({"name": f"{backbone} compiled", "make": torch_policy(pt, "compiled")})
+        out.append({"name": f"{backbone} onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
+    pt, onnx = exported("mingru", d, "stacked")
+    out += [{"name": "mingru stacked chunk", "make": torch_policy(pt)},
+            {"name": "mingru stacked onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)}]
+    gru_width = matched_width("gru", layers, params(build_agent("mingru", d, layers)))
+    pt, _ = exported("gru", gru_width)
+    out.append({"name": "gru chunk", "make": torch_policy(pt), "d_model": gru_width})
+    pt, _ = exported("transformer", d)
+    out.append({"name": "transformer window", "make": torch_policy(pt)})
+    return out
+
+
+def bench(model: str, n_envs: int, entries: list[dict], t_start: int, rounds: int, calls: int) -> list[dict]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    steps = t_start + rounds * calls + 1
+    obs = rng.standard_normal((steps, n_envs, OBS_DIM)).astype(np.float32)
+    rewards = rng.random((steps, n_envs)).astype(np.float32)
+    live = []
+    for entry in entries:
+        policy = entry["make"]()
+        policy.reset(n_envs, 3600.0)
+        start = time.perf_counter()
+        policy.act(obs[0])  # the first call compiles, for a compiled policy
+        first_call = time.perf_counter() - start
+        for t in range(1, t_start):  # advance the episode to t_start
+            policy.act(obs[t], rewards[t - 1])
+        live.append({"entry": entry, "policy": policy, "t": t_start, "times": [], "first_call_s": first_call})
+    for _ in range(rounds):  # take turns: a change of machine load hits every contestant alike
+        for c in live:
             for _ in range(calls):
+                t = c["t"]
                 start = time.perf_counter()
-                _, state = agent.act(obs[t], rewards[t], state)
-                times.append(time.perf_counter() - start)
-                t += 1
-            rows.append({"backbone": backbone, "d_model": d_model, "mode": mode, "t": target_t,
-                         "n_envs": n_envs, "calls": calls,
-                         "ms_per_call": 1e3 * statistics.median(times),
-                         "ms_per_call_mean": 1e3 * statistics.mean(times),
-                         "ms_per_call_min": 1e3 * min(times)})
+                c["policy"].act(obs[t], rewards[t - 1])
+                c["times"].append(time.perf_counter() - start)
+                c["t"] = t + 1
+    rows = []
+    for c in live:
+        times = c["times"]
+        rows.append({"model": model, "d_model": c["entry"].get("d_model", MODELS[model][0]),
+                     "n_layers": MODELS[model][1], "n_envs": n_envs, "contestant": c["entry"]["name"],
+                     "t_start": t_start, "calls": len(times),
+                     "ms_per_step": 1e3 * statistics.median(times), "ms_per_step_min": 1e3 * min(times),
+                     "ms_per_step_mean": 1e3 * statistics.mean(times), "first_call_s": c["first_call_s"]})
+    ref = next(r["ms_per_step"] for r in rows if r["contestant"] == "transformer window")
+    for r in rows:
+        r["x_dt_window"] = ref / r["ms_per_step"]
     return rows
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    def row(model, n, name):
+        return next((r for r in rows if (r["model"], r["n_envs"], r["contestant"]) == (model, n, name)), None)
+
+    out = []
+    gru = row("dt", 16, "gru chunk")
+    for bb in ("mingru", "minlstm"):
+        r = row("dt", 16, f"{bb} chunk")
+        if r:
+            out.append({"goal": f"exported {bb} (default path), DT widths, 16 envs: >= {GOAL_SPEEDUP:g}x the "
+                        "DT window per step", "value": r["x_dt_window"], "target": GOAL_SPEEDUP,
+                        "met": r["x_dt_window"] >= GOAL_SPEEDUP})
+            if gru:
+                out.append({"goal": f"exported {bb} (default path), DT widths, 16 envs: no slower than "
+                            "nn.GRU carry", "value": r["ms_per_step"], "target": gru["ms_per_step"],
+                            "met": r["ms_per_step"] <= gru["ms_per_step"]})
+        r = row("dt", 16, f"{bb} onnx")
+        if r:
+            out.append({"goal": f"{bb} ONNX policy, DT widths, 16 envs: >= {GOAL_ONNX_SPEEDUP:g}x the DT window",
+                        "value": r["x_dt_window"], "target": GOAL_ONNX_SPEEDUP,
+                        "met": r["x_dt_window"] >= GOAL_ONNX_SPEEDUP})
+    for name in ("mingru chunk", "mingru compiled", "mingru onnx"):
+        r = row("quickstart", 1, name)
+        if r:
+            out.append({"goal": f"quickstart model, 1 env, {name}: <= {GOAL_ONE_ENV_MS:g} ms per step",
+                        "value": r["ms_per_step"], "target": GOAL_ONE_ENV_MS,
+                        "met": r["ms_per_step"] <= GOAL_ONE_ENV_MS})
+    return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--envs", type=int, default=16)
-    ap.add_argument("--at", default="10,900", help="episode steps t to time at")
-    ap.add_argument("--calls", type=int, default=30, help="timed act calls at each t")
+    ap.add_argument("--envs", default="1,16", help="comma-separated numbers of envs")
+    ap.add_argument("--models", default="dt,quickstart")
+    ap.add_argument("--t", type=int, default=300, help="episode step at which timing starts")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=20, help="timed calls per contestant per round")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="5 timed calls at each t")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile contestants")
+    ap.add_argument("--quick", action="store_true", help="t=30, 2 rounds of 10 calls: checks it works")
     ap.add_argument("--out", default="runs/bench/act.json")
     args = ap.parse_args(argv)
     if args.quick:
-        args.calls = min(args.calls, 5)
+        args.t, args.rounds, args.calls = 30, 2, 10
+    models = args.models.split(",")
+    bad = sorted(set(models) - set(MODELS))
+    if bad:
+        ap.error(f"unknown models {bad}; choose from {', '.join(MODELS)}")
+    envs = [int(n) for n in args.envs.split(",")]
 
+    import onnxruntime
     import torch
 
     tune_cpu_allocator()  # as `rlmin eval` does (rlmin/cpu.py)
     torch.set_num_threads(args.threads)
     info = machine_info()
-    backbones = parse_backbones(ap, args.backbones)
-    at = [int(t) for t in args.at.split(",")]
-    widths = matched_widths(sorted(set(backbones) | {"mingru"}))
+    load_before = os.getloadavg()
     print(machine_line(info))
-    print(f"threads {args.threads} | {args.envs} envs per call | K=20, 3 layers, interleaved tokens "
-          f"| median of {args.calls} calls after advancing to t")
-
+    print(f"threads {args.threads} | onnxruntime {onnxruntime.__version__} | load average "
+          f"{load_before[0]:.2f} | t from {args.t}, {args.rounds} rounds x {args.calls} calls, median ms per step")
     rows = []
-    for bb in backbones:
-        for mode in (("carry", "window") if bb in RECURRENT else ("window",)):
-            for r in bench_backbone(bb, widths[bb][0], mode, args.envs, at, args.calls):
-                rows.append(r)
-                print(f"  {bb:12s} {mode:7s} t={r['t']:<4d} {r['ms_per_call']:8.2f} ms/call",
-                      flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            entries = contestants(model, Path(tmp), args.threads, not args.no_compile)
+            for n in envs:
+                for r in bench(model, n, entries, args.t, args.rounds, args.calls):
+                    rows.append(r)
+                    print(f"  {model:10s} {n:2d} envs  {r['contestant']:22s} {r['ms_per_step']:8.3f} ms "
+                          f"(min {r['ms_per_step_min']:.3f})  {r['x_dt_window']:6.1f}x DT", flush=True)
+    load_after = os.getloadavg()
 
-    ref = {r["t"]: r["ms_per_call"] for r in rows
-           if r["backbone"] == "transformer" and r["mode"] == "window"}
+    print("\n| model | envs | policy | ms/step | min | x DT window |\n|---|---:|---|---:|---:|---:|")
     for r in rows:
-        if r["t"] in ref:
-            r["speedup_vs_transformer_window"] = ref[r["t"]] / r["ms_per_call"]
+        print(f"| {r['model']} ({r['d_model']}x{r['n_layers']}) | {r['n_envs']} | {r['contestant']} | "
+              f"{r['ms_per_step']:.3f} | {r['ms_per_step_min']:.3f} | {r['x_dt_window']:.1f}x |")
+    compile_s = {f"{r['model']} {r['n_envs']} envs {r['contestant']}": r["first_call_s"]
+                 for r in rows if r["contestant"].endswith("compiled")}
+    if compile_s:
+        print("\ntorch.compile (first act call): " + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()))
+    checks = goals(rows)
+    print()
+    for g in checks:
+        print(f"{'MET    ' if g['met'] else 'NOT MET'}  {g['goal']}: {g['value']:.3g} (target {g['target']:.3g})")
+    if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs: "
+              "other jobs share this machine, so the numbers are only indicative")
 
-    print("\n| backbone | d_model | mode | " + " | ".join(f"ms/call t={t}" for t in at)
-          + " | " + " | ".join(f"x transformer t={t}" for t in at) + " |")
-    print("|---|---:|---|" + "---:|" * (2 * len(at)))
-    keys = sorted({(r["backbone"], r["mode"]) for r in rows},
-                  key=lambda k: (backbones.index(k[0]), k[1]))
-    for bb, mode in keys:
-        sel = {r["t"]: r for r in rows if r["backbone"] == bb and r["mode"] == mode}
-        ms = " | ".join(f"{sel[t]['ms_per_call']:.2f}" for t in at)
-        sp = " | ".join(f"{sel[t].get('speedup_vs_transformer_window', float('nan')):.1f}x"
-                        for t in at)
-        print(f"| {bb} | {widths[bb][0]} | {mode} | {ms} | {sp} |")
-
-    checks = {}
-    for t in at:
-        row = next((r for r in rows if r["backbone"] == "mingru" and r["mode"] == "carry"
-                    and r["t"] == t), None)
-        if row and "speedup_vs_transformer_window" in row:
-            s = row["speedup_vs_transformer_window"]
-            checks[str(t)] = {"speedup": s, "target": TARGET_SPEEDUP, "met": s >= TARGET_SPEEDUP}
-            print(f"target: carry minGRU >= {TARGET_SPEEDUP:g}x the transformer's window at t={t}: "
-                  f"{s:.1f}x {'met' if s >= TARGET_SPEEDUP else 'NOT met'}")
-
-    result = {"benchmark": "act", "machine": info, "threads": args.threads, "n_envs": args.envs,
-              "at": at, "calls": args.calls, "quick": args.quick,
-              "widths": {b: {"d_model": d, "params": p} for b, (d, p) in widths.items()},
-              "rows": rows, "target_check": checks}
+    result = {"benchmark": "act", "command": [sys.executable, *sys.argv], "machine": info,
+              "onnxruntime": onnxruntime.__version__, "threads": args.threads, "quick": args.quick,
+              "t_start": args.t, "rounds": args.rounds, "calls": args.calls,
+              "load_average_before": load_before, "load_average_after": load_after,
+              "models": {m: {"d_model": d, "n_layers": n} for m, (d, n) in MODELS.items() if m in models},
+              "rows": rows, "compile_seconds": compile_s,
+              "goals": [{**g, "status": "MET" if g["met"] else "NOT MET"} for g in checks]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
