@@ -136,8 +136,9 @@ class DecisionAgent(Agent):
         return self.embed_drop(self.embed_ln(tokens))
 
     def _tokens(self, obs: torch.Tensor, actions: torch.Tensor, rtg: torch.Tensor,
-                timesteps: torch.Tensor) -> torch.Tensor:
-        """Backbone input [B, L*tokens_per_step, d] for normalised obs [B,L,obs], actions, raw rtg, timesteps."""
+                timesteps: torch.Tensor, first_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone input [B, L*tokens_per_step, d] for normalised obs [B,L,obs], actions, raw rtg,
+        timesteps. ``first_prev``: the action before the first step (stacked layout; default 0)."""
         time = self._time(timesteps)
         if self.token_layout == "interleaved":
             r = self._emb_return(rtg) + time
@@ -146,7 +147,8 @@ class DecisionAgent(Agent):
             b, length = obs.shape[:2]
             x = torch.stack([r, s, a], dim=2).reshape(b, 3 * length, -1)
         else:
-            prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+            before = torch.zeros_like(actions[:, :1]) if first_prev is None else first_prev[:, None]
+            prev = torch.cat([before, actions[:, :-1]], dim=1)
             x = self._emb_return(rtg) + self.embed_state(obs) + self.embed_action(prev) + time
         return self._finish(x)
 
@@ -179,8 +181,25 @@ class DecisionAgent(Agent):
             actions = torch.where(mask[..., None], actions, 0.0)
             rtg = torch.where(mask, rtg, 0.0)
             timesteps = torch.where(mask, timesteps, 0)
-        y, _ = self.backbone(self._tokens(obs, actions, rtg, timesteps))
+        state, first_prev = self._burn_in(batch)
+        y, _ = self.backbone(self._tokens(obs, actions, rtg, timesteps, first_prev), state)
         return self.head(self._outputs(y))
+
+    def _burn_in(self, batch: Batch) -> tuple[tuple | None, torch.Tensor | None]:
+        """The backbone state after the steps before the segments (``prefix_*`` keys, sampled with
+        ``data.burn_in``), run without gradients: the segment then starts from the state carry
+        acting would have there. No prefix, or a backbone without state: (None, None)."""
+        if "prefix_observations" not in batch or not self.backbone.recurrent:
+            return None, None
+        obs = self.tensor(batch["prefix_observations"])
+        if obs.shape[1] == 0:  # segments at their episode's first step
+            return None, None
+        actions = self.tensor(batch["prefix_actions"])
+        with torch.no_grad():
+            tokens = self._tokens(obs, actions, self.tensor(batch["prefix_returns_to_go"]),
+                                  self.tensor(batch["prefix_timesteps"], torch.long))
+            _, state = self.backbone(tokens)
+        return state, actions[:, -1]
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked MSE between predicted and dataset actions over the real steps."""
