@@ -333,7 +333,23 @@ def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list)
         "best_during_training": best,
         "history": history,
         "config": config_lib.to_dict(cfg),
+        "code": code_version(),
     }
+
+
+def code_version() -> str | None:
+    """The git commit of the code that trained (``+dirty`` with uncommitted changes), if known."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def write_results(path: Path, results: dict) -> None:
