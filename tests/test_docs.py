@@ -8,6 +8,7 @@ import dataclasses
 import re
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import gymnasium as gym
@@ -92,6 +93,10 @@ def readme_cwd(tmp_path, tiny_config, monkeypatch):
                 shutil.copytree(run, target)
         elif text.endswith(".pt") and "/" not in text:  # an exported policy, e.g. policy.pt
             export_policy(ckpt, target)
+        elif text.endswith(".onnx") and "/" not in text:  # an ONNX policy, e.g. policy.onnx
+            from rlmin.onnx_export import export_onnx
+
+            export_onnx(ckpt, target)
 
     real_load = rlmin.config.load_config
     runs = iter(range(100))
@@ -167,5 +172,7 @@ class EpisodeBoundaries:
 def test_readme_python_block_runs_as_written(readme_cwd, monkeypatch, index):
     code = python_blocks()[index]
     boundaries = EpisodeBoundaries(monkeypatch)
-    exec(compile(code, f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+    module = types.ModuleType("__readme__")  # a real module, as a user's script is (dataclasses need it)
+    monkeypatch.setitem(sys.modules, "__readme__", module)
+    exec(compile(code, f"README.md python block {index + 1}", "exec"), module.__dict__)
     boundaries.check()
