@@ -9,6 +9,7 @@ import json
 import math
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import gymnasium as gym
@@ -385,3 +386,19 @@ def test_a_malicious_pickle_is_refused_saying_it_holds_code(tmp_path, capsys):
         assert "holds Python code" in err and "never runs code" in err, err
         assert "weights_only=False" not in err and "corrupt" not in err, err
     assert not marker.exists(), "loading ran code from the pickle"
+
+
+def test_an_unwritable_run_dir_is_one_line_before_any_work(tiny_yaml, tmp_path, capsys,
+                                                             monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train", str(tiny_yaml), f"run_dir={blocker / 'run'}"]) == 2
+    assert "cannot create run_dir" in one_error_line(capsys)
+    # A read-only mount: root passes every permission check, so the check itself is faked.
+    readonly = tmp_path / "mount"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == readonly / "run"
+                        else real_access(p, mode))
+    assert cli.main(["train", str(tiny_yaml), f"run_dir={readonly / 'run'}"]) == 2
+    assert "not writable" in one_error_line(capsys)
