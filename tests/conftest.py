@@ -89,6 +89,15 @@ def restore_torch_threads():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small ops: extra threads only fight over a shared CPU (10x slower here with 2). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with torch_threads_kept():
+        torch.set_num_threads(1)
+        yield
+
+
 class TinyConfig:
     """Tiny training configs on one dataset; see the module docstring (``tiny_config``)."""
 

@@ -21,13 +21,7 @@ VARIANTS = [(n, {}) for n in NAMES] + [
 IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops: extra threads only fight over a shared CPU (10x slower here with 2)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(name, d_model, n_layers=2, dtype=torch.float64, context=None, **options):

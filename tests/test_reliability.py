@@ -246,14 +246,11 @@ def test_a_live_run_holds_its_dir_and_sigterm_saves_and_exits_143(tmp_path, tiny
             assert "in use" in err, err
             assert time.monotonic() - started < 120, "the second run waited for the lock"
         assert first.poll() is None, "the second process disturbed the first"
-
-        wait_for(first, lambda: len(train_rows(run)) >= 2, "two training steps", tmp_path / "first.log")
-        first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    except BaseException:
+        first.kill()
+        first.wait()
+        raise
+    err = interrupt_after_two_steps(first, run, tmp_path / "first.log", signal.SIGTERM)
     assert first.returncode == 143, (first.returncode, err)
     assert "Traceback" not in err and f"rlmin train --resume {run}" in err, err
     (ckpt,) = list_checkpoints(run)
@@ -263,6 +260,19 @@ def test_a_live_run_holds_its_dir_and_sigterm_saves_and_exits_143(tmp_path, tiny
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
+def interrupt_after_two_steps(proc, run, log, sig) -> str:
+    """Send ``sig`` once the run has logged two steps; returns its stderr (killed on failure)."""
+    try:
+        wait_for(proc, lambda: len(train_rows(run)) >= 2, "two training steps", log)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err
+
+
 def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, tiny_config):
     """Also: shipped configs are found from another cwd, and nothing is written into the cwd."""
     run = tmp_path / "run"
@@ -270,14 +280,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, tiny_config):
     assert not (tmp_path / "configs").exists()
     first = start_training([*shipped, *tiny_config.overrides(*LONG, run_dir=run)], tmp_path,
                            tmp_path / "first.log")
-    try:
-        wait_for(first, lambda: len(train_rows(run)) >= 2, "two training steps", tmp_path / "first.log")
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    err = interrupt_after_two_steps(first, run, tmp_path / "first.log", signal.SIGINT)
     assert first.returncode == 130, (first.returncode, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert f"rlmin train --resume {run}" in err and "saved a checkpoint" in err, err
