@@ -31,8 +31,7 @@ sha256, seed, steps, versions) is in the metadata under ``rlmin_recipe``.
 Writes are all-or-nothing (``rlmin.data.minari_io.building``): a dataset appears only once
 complete, ``overwrite`` keeps the old one until then, and a killed build costs only a restart.
 
-The CLI (``rlmin data build hopper medium``, ``rlmin data list``) calls ``build_dataset`` and
-``list_local_datasets``.
+The CLI's ``rlmin data build hopper medium`` calls ``build_dataset``.
 """
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ from rlmin.data.minari_io import (
     read_metadata,
     write_metadata,
 )
-from rlmin.tasks import Task, get_task
+from rlmin.task import Task, get_task
 
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: Steps collected for random/medium/expert when ``n_steps`` is not given (D4RL's and Minari's 1M).
@@ -729,9 +728,3 @@ def build_dataset(env_name: str, level: str, n_steps: int | None = None,
              description=description, refs=refs, recipe=recipe, overwrite=overwrite,
              progress=progress)
     return dataset_id
-
-
-def list_local_datasets(prefix: str | None = None) -> list[dict]:
-    """Every local Minari dataset: id, status, env_id, steps, episodes, behaviour_return (mean
-    episode return), normalised, ref_min, ref_max (and their sources), path."""
-    return list_local(prefix=prefix)

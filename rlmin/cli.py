@@ -180,9 +180,9 @@ def cmd_data_build(args) -> int:
 
 
 def cmd_data_list(args) -> int:
-    from rlmin.registry import load_dataset_lister
+    from rlmin.data.minari_io import list_local
 
-    rows = load_dataset_lister()()
+    rows = list_local()
     if not rows:
         print("no local Minari datasets (MINARI_DATASETS_PATH or ~/.minari/datasets)")
         return 0

@@ -131,10 +131,3 @@ def load_builder(name: str | None = None) -> Any:
     if "locomotion" in known:
         return get(BUILDERS, "locomotion")
     raise RegistryError(f"several dataset builders are installed ({', '.join(known)}); name one")
-
-
-def load_dataset_lister():
-    """``list() -> [ {id, env_id, steps, episodes, behaviour_return, ref_min, ref_max, path} ]``
-    for every local Minari dataset. Generic, so it needs no entry point."""
-    from rlmin.data.minari_io import list_local
-    return list_local

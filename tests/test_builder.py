@@ -40,7 +40,7 @@ from rlmin.data.minari_io import (
     read_metadata,
 )
 from rlmin.dataset import load_dataset_for
-from rlmin.tasks import get_task
+from rlmin.task import get_task
 
 HOPPER = get_task("hopper")
 TASKS = ("hopper", "halfcheetah", "walker2d")
@@ -346,7 +346,7 @@ def test_medium_expert_combines_and_keeps_refs(fresh_minari_path, no_shipped_pol
     assert (meta["ref_min_score"], meta["ref_max_score"]) == (HOPPER.ref_min, 900.0)
     assert meta["combined_datasets"] == ["rlmin/hopper/medium-v0", "rlmin/hopper/expert-v0"]
     assert set(meta["rlmin_recipe"]["parts"]) == set(meta["combined_datasets"])
-    rows = {r["id"]: r for r in builder.list_local_datasets()}
+    rows = {r["id"]: r for r in list_local()}
     assert rows[dataset_id]["steps"] == 120 and rows[dataset_id]["ref_max"] == 900.0
     assert rows[dataset_id]["behaviour_return"] == pytest.approx(from_minari(ds).behaviour_return)
 
