@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rlmin.registry import TASKS, load_group
 from rlmin.scores import normalized_score
@@ -80,7 +81,7 @@ def _to_numpy_action(action: Any, n_envs: int, space: gym.Space) -> np.ndarray:
 
 
 def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int,
-                max_steps: int | None = None):
+                max_steps: int | None = None, bar=None):
     """Run the fixed set of ``episodes`` episodes for one target; returns (returns, lengths).
 
     ``max_steps``: the episodes' time limit; the loop stops with an error after the steps that
@@ -111,6 +112,8 @@ def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int
             if i >= 0:
                 returns[i], lengths[i] = ep_return[j], ep_len[j]
                 remaining -= 1
+                if bar is not None:
+                    bar.update(1)
                 nxt = i + n_envs
                 current[j] = nxt if nxt < episodes else -1
             ep_return[j], ep_len[j] = 0.0, 0
@@ -142,6 +145,7 @@ def evaluate(
     max_episode_steps: int | None = None,
     device: str | torch.device | None = None,
     vectorization_mode: str = "sync",
+    progress: bool = False,
 ) -> dict:
     """Run ``episodes`` episodes for each target return in ``spec.env_id`` and summarise them.
 
@@ -157,6 +161,7 @@ def evaluate(
         max_episode_steps: overrides the spec's time limit.
         device: if given, the agent is moved there for the evaluation and moved back afterwards.
         vectorization_mode: ``"sync"`` (default) or ``"async"`` (one process per env).
+        progress: show a progress bar of finished episodes (tqdm).
 
     Returns:
         A JSON-ready dict: ``env_id``, ``dataset_id``, ``seed``, ``n_envs``, ``episodes``,
@@ -221,8 +226,10 @@ def evaluate(
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             for target in targets:
                 torch.manual_seed(seed)
-                returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed,
-                                               max_episode_steps)
+                with tqdm(total=episodes, desc=f"eval target {target:g}", unit="episode",
+                          disable=not progress, leave=False, dynamic_ncols=True) as bar:
+                    returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed,
+                                                   max_episode_steps, bar)
                 entry = {
                     "target_return": target,
                     "episodes": episodes,
@@ -306,7 +313,8 @@ def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, ta
             raise EvalUsageError(f"--mode {mode}: {e}") from None
     with agent.acting(mode):
         res = evaluate(agent, spec, target_returns=target_returns, episodes=episodes,
-                       n_envs=n_envs, seed=seed, max_episode_steps=max_episode_steps)
+                       n_envs=n_envs, seed=seed, max_episode_steps=max_episode_steps,
+                       progress=True)
         res["agent"] = agent.describe()
     res["checkpoint"] = {"path": str(source), "step": payload.get("step")}
     return res

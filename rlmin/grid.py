@@ -215,7 +215,7 @@ class SubprocessRunner:
 
     def prepare(self, run: Run) -> int:
         """Load (and, where the config allows, build) the run's dataset once, in a child process."""
-        code = ("import sys; from rlmin.config import load_config; from rlmin.dataset import "
+        code = ("import sys; from rlmin.config import load_config; from rlmin.data.resolve import "
                 "load_dataset_for; d = load_dataset_for(load_config(sys.argv[1:3], sys.argv[3:]).data); "
                 "print('dataset ready:', d.eval_spec.dataset_id, d.data.num_steps, 'steps')")
         return subprocess.call([sys.executable, "-c", code, *run.config_files, *run.overrides])

@@ -24,7 +24,7 @@ from rlmin import config as config_lib
 from rlmin import distributed as dist_lib
 from rlmin.checkpoint import (atomic_write_bytes, capture_rng_state, list_checkpoints,
                               load_latest, restore_rng_state, save_checkpoint)
-from rlmin.dataset import LoadedDataset, load_dataset_for
+from rlmin.data.resolve import LoadedDataset, load_dataset_for
 from rlmin.evaluate import evaluate
 from rlmin.interrupts import GracefulStop, StopRequested
 from rlmin.policy import agent_payload
@@ -287,7 +287,7 @@ def run_evaluation(agent, data: LoadedDataset, cfg, device) -> dict:
         res = evaluate(agent, data.eval_spec, target_returns=cfg.eval.target_returns,
                        episodes=cfg.eval.episodes, n_envs=cfg.eval.n_envs or None,
                        seed=cfg.eval.seed, max_episode_steps=cfg.eval.max_episode_steps or None,
-                       device=str(device))
+                       device=str(device), progress=cfg.train.progress)
         res["agent"] = agent.describe()
     return res
 

@@ -39,7 +39,7 @@ from rlmin.data.minari_io import (
     list_local,
     read_metadata,
 )
-from rlmin.dataset import load_dataset_for
+from rlmin.data.resolve import load_dataset_for
 from rlmin.task import get_task
 
 HOPPER = get_task("hopper")

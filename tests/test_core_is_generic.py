@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ["train.py", "config.py", "grid.py", "report.py", "policy.py", "evaluate.py",
-        "dataset.py", "cli.py", "checkpoint.py", "spec.py", "runlog.py", "rundir.py",
+        "data/resolve.py", "cli.py", "checkpoint.py", "spec.py", "runlog.py", "rundir.py",
         "interrupts.py", "testing.py", "agent.py", "scores.py", "task.py"]
 NAMES = ("decision", "bc", "transformer", "mlp")
 _WORD = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(NAMES) + r")(?![a-z0-9])", re.I)

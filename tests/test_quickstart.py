@@ -2,7 +2,8 @@
 (offline, with Minari's writer), trains the quickstart config, evaluates, prints the scores."""
 import json
 
-from rlmin import cli, dataset
+from rlmin import cli
+from rlmin.data import resolve as dataset
 from rlmin.data.minari_io import is_local, read_metadata
 
 

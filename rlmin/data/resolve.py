@@ -1,4 +1,4 @@
-"""From the config's ``data`` section to everything training needs about its dataset.
+"""Which dataset a config means, loaded with everything training needs about it (rlmin.data.resolve).
 
 ``load_dataset_for(cfg.data)`` resolves the name (a task shorthand such as ``hopper-medium``, a
 D4RL-v2 name, a Minari id or a local path), loads it offline, builds it from the shipped
