@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 from pathlib import Path
 import sys
@@ -402,3 +403,26 @@ def test_an_unwritable_run_dir_is_one_line_before_any_work(tiny_yaml, tmp_path, 
                         else real_access(p, mode))
     assert cli.main(["train", str(tiny_yaml), f"run_dir={readonly / 'run'}"]) == 2
     assert "not writable" in one_error_line(capsys)
+
+
+def test_runs_lists_each_run_with_its_status_and_score(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run_dir, stopped)
+    (stopped / "results.json").unlink()  # a run that saved checkpoints but never finished
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if str(stopped) in line]
+    assert len(rows) == 1 and "| stopped |" in rows[0] and "test/hopper/tiny-v0" in rows[0]
+    assert cli.main(["runs", str(run_dir.parent)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if str(run_dir) in line]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "| finished |" in row and results["label"] in row
+    assert f"{next(iter(results['last_iterate']['targets'].values()))['normalized_mean']:.1f}" in row
+
+
+def test_configs_lists_the_shipped_configs(capsys):
+    assert cli.main(["configs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("configs/tasks/", "walker2d-medium-replay", "configs/backbones/", "transformer",
+                 "configs/grids/", "suite", "configs/protocols/"):
+        assert name in out, out
