@@ -90,7 +90,8 @@ def save_checkpoint(agent, path: Path) -> Path:
     return path
 
 
-def contestants(model: str, folder: Path, threads: int, compile_: bool) -> list[dict]:
+def contestants(model: str, folder: Path, threads: int, compile_: bool,
+                device: str = "cpu") -> list[dict]:
     """[{name, make}] for one model size; ``make()`` returns a policy with reset/act."""
     from rlmin.onnx_export import export_onnx
     from rlmin.onnx_policy import OnnxPolicy
@@ -109,7 +110,7 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool) -> list[
 
     def torch_policy(pt, impl=None):
         def make():
-            policy = Policy.load(pt)
+            policy = Policy.load(pt, device=device)
             if impl == "compiled":
                 policy.agent.compile_acting()
             elif impl is not None:
@@ -123,10 +124,12 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool) -> list[
                 {"name": f"{backbone} chunk", "make": torch_policy(pt, "chunk")}]
         if compile_:
             out.append({"name": f"{backbone} compiled", "make": torch_policy(pt, "compiled")})
-        out.append({"name": f"{backbone} onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
+        if device == "cpu":  # the ONNX policy runs on ONNX Runtime's CPU provider
+            out.append({"name": f"{backbone} onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
     pt, onnx = exported("mingru", d, "stacked")
-    out += [{"name": "mingru stacked chunk", "make": torch_policy(pt)},
-            {"name": "mingru stacked onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)}]
+    out.append({"name": "mingru stacked chunk", "make": torch_policy(pt)})
+    if device == "cpu":
+        out.append({"name": "mingru stacked onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
     gru_width = matched_width("gru", layers, params(build_agent("mingru", d, layers)))
     pt, _ = exported("gru", gru_width)
     out.append({"name": "gru chunk", "make": torch_policy(pt), "d_model": gru_width})
@@ -212,6 +215,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--calls", type=int, default=20, help="timed calls per contestant per round")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the torch policies act (cpu or cuda); "
+                                                    "ONNX contestants run on CPU only")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile contestants")
     ap.add_argument("--quick", action="store_true", help="t=30, 2 rounds of 10 calls: checks it works")
     ap.add_argument("--out", default="runs/bench/act.json")
@@ -237,7 +242,7 @@ def main(argv=None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            entries = contestants(model, Path(tmp), args.threads, not args.no_compile)
+            entries = contestants(model, Path(tmp), args.threads, not args.no_compile, args.device)
             for n in envs:
                 for r in bench(model, n, entries, args.t, args.rounds, args.calls):
                     rows.append(r)

@@ -15,7 +15,7 @@
 #   scan        scripts/bench_scan.py: Triton scan GB/s vs a copy of the same bytes, CT=16 vs CT=32,
 #               B=64 T=4096 D=1024, float32 and bfloat16
 #   train       scripts/bench_train.py --device cuda: K=20 and whole episodes (L=1000)
-#   act         scripts/bench_act.py has no --device option (it acts on the CPU): not run, said so
+#   act         scripts/bench_act.py --device cuda --quick (exported torch policies on the GPU; ONNX stays on CPU)
 #   quickstart  rlmin quickstart on CUDA, 200 steps, on a small pre-built hopper-medium dataset
 # Without CUDA every CUDA part is skipped (the tests still run: their CPU half), and it exits 0.
 #
@@ -247,7 +247,7 @@ PY
     bench train 200 bench_train --device "$DEV" "${train_args[@]}" --case-timeout 120 \
       --out "$OUT/train.json"
 
-    # --- act: bench_act.py has no --device; its numbers would be CPU numbers
+    # --- act: exported torch policies acting on the GPU (older bench_act.py without --device: skipped)
     if "$PY" scripts/bench_act.py --help 2>/dev/null | grep -q -- "--device"; then
       bench act 90 bench_act --device "$DEV" --quick --out "$WORK/act.json"
     else
