@@ -1,13 +1,14 @@
 """The ``rlmin`` command line (argparse: the standard library's, stable and dependency-free).
 
     rlmin train CONFIG [CONFIG ...] [key=value ...]     train a run (configs merge left to right)
-    rlmin train --resume RUN_DIR                          continue an interrupted run
-    rlmin eval CHECKPOINT [--episodes N] [--mode carry|window] [--max-episode-steps N]
-    rlmin data build ENV LEVEL [--steps N]                build a D4RL-style Minari dataset locally
-    rlmin data list                                       local datasets with steps and scores
-    rlmin export CHECKPOINT OUT                           a self-contained policy file
+    rlmin train --resume RUN_DIR [train.steps=N ...]     continue (or extend) a run
+    rlmin eval CKPT|RUN_DIR [--episodes N] [--mode M] [--out F] [--overwrite]
+    rlmin export CKPT|RUN_DIR OUT.pt|OUT.onnx            a self-contained policy file
+    rlmin data build TASK LEVEL [--steps N] [--policy P] [--sac-run DIR] [--overwrite]
+    rlmin data list                                       local datasets with status and scores
+    rlmin configs | rlmin runs [DIR] | rlmin --version
     rlmin quickstart [key=value ...]                      the README's main job
-    rlmin repro run --grid small|full --out DIR            multi-seed grid (rlmin repro run -h)
+    rlmin repro run --grid small|suite|full --out DIR     multi-seed grid (rlmin repro run -h)
     rlmin repro report DIR                                report.md + scores.png + curves.png
 """
 from __future__ import annotations
