@@ -8,6 +8,7 @@ returns.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -53,8 +54,12 @@ class LoadedDataset:
             "episodes": self.data.num_episodes, "behaviour_return": behaviour,
             "behaviour_normalized": (normalized_score(behaviour, spec.ref_min, spec.ref_max)
                                      if spec.ref_min is not None else None),
-            "fingerprint": fingerprint(self.data),
+            "fingerprint": self.fingerprint,
         }
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.data)  # once: summary() is written at every checkpoint
 
 
 def fingerprint(data: EpisodeData) -> str:
