@@ -22,10 +22,21 @@ from rlmin import config as config_lib
 _TRAIN_TAGS = ("loss", "lr", "grad_norm", "samples_per_s")
 
 
+def _wait_for_a_later_second(tb_dir: Path) -> None:
+    """TensorBoard reads event files in name order, and a name starts with its creation second:
+    a resumed run's file opened in the same second as the killed run's could sort first, and the
+    killed run's steps after the checkpoint would then come back over the purge."""
+    seconds = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
+
+
 class RunLog:
     def __init__(self, run_dir: Path, cfg, step: int):
         self.cfg, self.every = cfg, cfg.train.log_every
         (run_dir / "config.yaml").write_text(config_lib.to_yaml(cfg))
+        _wait_for_a_later_second(run_dir / "tb")
         # Scalars of steps <= the checkpoint's were logged before it was saved and are kept.
         self.writer = SummaryWriter(run_dir / "tb", purge_step=step + 1 if step else None)
         self.metrics_path = run_dir / "metrics.jsonl"
