@@ -187,19 +187,23 @@ class DecisionAgent(Agent):
 
     def _burn_in(self, batch: Batch) -> tuple[tuple | None, torch.Tensor | None]:
         """The backbone state after the steps before the segments (``prefix_*`` keys, sampled with
-        ``data.burn_in``), run without gradients: the segment then starts from the state carry
-        acting would have there. No prefix, or a backbone without state: (None, None)."""
+        ``data.burn_in``; right-padded, ``prefix_mask`` marks real steps), run without gradients:
+        each segment starts from the state carry acting would have there. Also the action before
+        each segment (0 where there is none). No prefix, or a backbone without state: (None, None)."""
         if "prefix_observations" not in batch or not self.backbone.recurrent:
             return None, None
         obs = self.tensor(batch["prefix_observations"])
-        if obs.shape[1] == 0:  # segments at their episode's first step
+        if obs.shape[1] == 0:  # every segment at its episode's first step
             return None, None
         actions = self.tensor(batch["prefix_actions"])
+        steps = (self.tensor(batch["prefix_mask"], torch.bool).sum(1) if "prefix_mask" in batch
+                 else torch.full(obs.shape[:1], obs.shape[1], device=obs.device))
         with torch.no_grad():
             tokens = self._tokens(obs, actions, self.tensor(batch["prefix_returns_to_go"]),
                                   self.tensor(batch["prefix_timesteps"], torch.long))
-            _, state = self.backbone(tokens)
-        return state, actions[:, -1]
+            _, state = self.backbone(tokens, lengths=steps * self.tokens_per_step)
+        last = actions[torch.arange(len(steps), device=obs.device), (steps - 1).clamp(min=0)]
+        return state, torch.where((steps > 0)[:, None], last, 0.0)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked MSE between predicted and dataset actions over the real steps."""

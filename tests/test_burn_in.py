@@ -9,6 +9,7 @@ import torch
 from agents.decision import DecisionAgent
 from rlmin.data.episodes import EpisodeData
 from rlmin.data.sampler import SegmentSampler
+from rlmin.nn import build_backbone
 from rlmin.spec import DataSpec
 
 OBS, ACT, K = 4, 2, 5
@@ -21,27 +22,57 @@ def _episode(rng, length: int) -> dict:
             "truncations": np.zeros(length, bool)}
 
 
-@pytest.mark.parametrize("backbone,layout", [("mingru", "interleaved"), ("minlstm", "stacked"),
-                                             ("gru", "interleaved"), ("mingru", "stacked")])
-def test_prefix_state_equals_the_whole_sequence(backbone, layout):
+@pytest.mark.parametrize("backbone,layout,options", [
+    ("mingru", "interleaved", {}), ("minlstm", "stacked", {}), ("gru", "interleaved", {}),
+    ("lstm", "stacked", {}), ("mingru", "stacked", {"conv_kernel": 3}),
+    ("minlstm", "interleaved", {"conv_kernel": 3, "conv_layout": "official", "learn_h0": True})])
+def test_prefix_state_equals_the_whole_sequence(backbone, layout, options):
     torch.manual_seed(0)
     agent = DecisionAgent(DataSpec(OBS, ACT, seq_len=K, max_episode_steps=64),
                           DecisionAgent.Options(backbone=backbone, d_model=16, n_layers=2,
-                                                token_layout=layout, dropout=0.0)).double().eval()
+                                                token_layout=layout, dropout=0.0,
+                                                backbone_options=options)).double().eval()
+    if options.get("learn_h0"):  # a non-zero start state, so a wrong one would show
+        for block in agent.backbone.blocks:
+            torch.nn.init.normal_(block.h0_param)
     g = torch.Generator().manual_seed(1)
-    p, total = 7, 7 + K
-    whole = {"observations": torch.randn(2, total, OBS, generator=g, dtype=torch.float64),
-             "actions": torch.rand(2, total, ACT, generator=g, dtype=torch.float64) * 2 - 1,
-             "returns_to_go": torch.rand(2, total, generator=g, dtype=torch.float64) * 100,
-             "timesteps": torch.arange(total).expand(2, total).clone()}
-    segment = {k: v[:, p:] for k, v in whole.items()}
-    prefix = {f"prefix_{k}": v[:, :p] for k, v in whole.items()}
+    starts = [7, 0, 3]  # each row's segment starts at its own step: prefixes of 7, 0 and 3 steps
+    q, rows, want = max(starts), [], []
+    for p in starts:
+        total = p + K
+        whole = {"observations": torch.randn(1, total, OBS, generator=g, dtype=torch.float64),
+                 "actions": torch.rand(1, total, ACT, generator=g, dtype=torch.float64) * 2 - 1,
+                 "returns_to_go": torch.rand(1, total, generator=g, dtype=torch.float64) * 100,
+                 "timesteps": torch.arange(total)[None]}
+        with torch.no_grad():
+            want.append(agent.predict(whole)[:, p:])
+        junk = {k: torch.full((1, q - p) + v.shape[2:], 9.0, dtype=v.dtype) for k, v in whole.items()}
+        rows.append({**{k: v[:, p:] for k, v in whole.items()},
+                     **{f"prefix_{k}": torch.cat([v[:, :p], junk[k]], 1) for k, v in whole.items()},
+                     "prefix_mask": (torch.arange(q) < p)[None]})  # right padding, filled with junk
+    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     with torch.no_grad():
-        want = agent.predict(whole)[:, p:]
-        got = agent.predict({**segment, **prefix})
-        without = agent.predict(segment)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert not torch.allclose(without, want, atol=1e-6), "the prefix made no difference"
+        got = agent.predict(batch)
+        without = agent.predict({k: v for k, v in batch.items() if not k.startswith("prefix_")})
+    torch.testing.assert_close(got, torch.cat(want), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(without[0], want[0][0], atol=1e-6), "the prefix made no difference"
+
+
+@pytest.mark.parametrize("backbone", ["mingru", "minlstm", "gru", "lstm"])
+def test_backbone_state_at_lengths_is_the_state_of_those_steps(backbone):
+    torch.manual_seed(0)
+    net = build_backbone(backbone, 8, 2).double()
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    state0 = tuple(s + torch.rand_like(s) for s in net.initial_state(3))  # a carried, non-zero state
+    lengths = torch.tensor([6, 0, 2])
+    _, got = net(x, state0, lengths=lengths)
+    for row, n in enumerate(lengths.tolist()):
+        one = tuple(s[row:row + 1] for s in state0)
+        want = net(x[row:row + 1, :n], one)[1] if n else one
+        for g_, w in zip(got, want):
+            torch.testing.assert_close(g_[row:row + 1], w, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths must be"):
+        net(x, state0, lengths=torch.tensor([7, 0, 2]))
 
 
 def test_burn_in_gives_no_gradient_to_the_prefix_and_ignores_a_transformer():
@@ -65,19 +96,24 @@ def test_sampler_prefix_is_the_steps_before_each_segment():
     rng = np.random.default_rng(0)
     data = EpisodeData.from_episodes([_episode(rng, n) for n in (3, 40, 12, 25, 9)])
     sampler = SegmentSampler(data, K, 16, seed=0, burn_in=6, normalize_obs=False)
-    offsets_seen = set()
+    plain = SegmentSampler(data, K, 16, seed=0, normalize_obs=False)
+    lengths_seen = set()
     for _ in range(40):
-        b = sampler.sample()
-        offset = int(b["timesteps"][0, 0])
-        assert (b["timesteps"][:, 0] == offset).all(), "rows of a batch share their offset"
-        q = b["prefix_timesteps"].shape[1]
-        assert q == min(offset, 6)
-        offsets_seen.add(offset)
-        if q:
-            np.testing.assert_array_equal(b["prefix_timesteps"][:, -1], offset - 1)
-            # the prefix's last observation is the one right before the segment's, in the data
-            flat = data.observations
-            for row in range(16):
+        b, same = sampler.sample(), plain.sample()
+        for key in ("observations", "actions", "timesteps", "mask"):  # burn-in adds, never redraws
+            np.testing.assert_array_equal(b[key], same[key])
+        q = b["prefix_mask"].sum(1)
+        np.testing.assert_array_equal(q, np.minimum(b["timesteps"][:, 0], 6))
+        assert b["prefix_timesteps"].shape[1] == q.max()
+        lengths_seen.update(q.tolist())
+        flat = data.observations
+        for row in range(16):
+            n = q[row]
+            assert b["prefix_mask"][row, :n].all() and not b["prefix_mask"][row, n:].any()
+            np.testing.assert_array_equal(b["prefix_timesteps"][row, :n],
+                                          np.arange(b["timesteps"][row, 0] - n, b["timesteps"][row, 0]))
+            assert not b["prefix_observations"][row, n:].any(), "padding is zeros"
+            if n:  # the prefix's last observation is the one right before the segment's, in the data
                 seg_first = np.flatnonzero((flat == b["observations"][row, 0]).all(axis=1))
-                np.testing.assert_array_equal(b["prefix_observations"][row, -1], flat[seg_first[0] - 1])
-    assert len(offsets_seen) > 5, "offsets should vary from batch to batch"
+                np.testing.assert_array_equal(b["prefix_observations"][row, n - 1], flat[seg_first[0] - 1])
+    assert len(lengths_seen) >= 5, f"rows of a batch should have their own prefix lengths: {lengths_seen}"

@@ -23,13 +23,12 @@ Modes
     (``weighting="length"`` draws them proportionally to length instead).
 
 Burn-in (``burn_in=N > 0``, segment mode): each batch also holds the up-to-N steps that precede
-its segments in their episodes, as ``prefix_observations`` [B, q, obs_dim], ``prefix_actions``,
-``prefix_rewards``, ``prefix_returns_to_go`` and ``prefix_timesteps``, with the same q for every
-row (no padding: a recurrent agent runs them as they are to start its segment from the state
-carry acting would have). For that, all rows of a batch start at the same offset p within their
-episodes: p is the offset of one uniformly drawn dataset step, then each row's episode is drawn
-uniformly among those longer than p. Each row is still a uniform draw over all dataset steps (as
-without burn-in); rows of one batch share p. q = min(p, N).
+each row's segment in its episode, right-padded to the batch's longest: ``prefix_observations``
+[B, Q, obs_dim], ``prefix_actions``, ``prefix_rewards``, ``prefix_returns_to_go``,
+``prefix_timesteps`` and ``prefix_mask`` [B, Q] (True = a real step), with q_b = min(offset_b, N)
+real steps in row b and Q = max q_b. A recurrent agent runs each row's q_b steps to start its
+segment from the state carry acting would have there. The segments are drawn exactly as without
+burn-in (the same draws for the same seed): each row its own start, uniform over the dataset.
 
 No Python loop runs per sample: a batch is one index array [B, L] and one ``np.take`` per field.
 """
@@ -108,14 +107,6 @@ class SegmentSampler:
     def _draw_starts(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Start index and end (exclusive) of the episode, for ``b`` rows."""
         n = self.data.num_steps
-        if self.mode == "segment" and self.burn_in:
-            # One shared offset p (that of a uniform step), then episodes longer than p, uniformly:
-            # P(episode, p) = 1/n for every step, as below, but one p for the whole batch.
-            step = int(self.rng.integers(0, n))
-            offset = step - int(self._starts[np.searchsorted(self._offsets, step, side="right") - 1])
-            longer = np.flatnonzero(self._ends - self._starts > offset)
-            ep = longer[self.rng.integers(0, len(longer), size=b)]
-            return self._starts[ep] + offset, self._ends[ep]
         if self.mode == "segment":
             # Uniform over all steps == episode ∝ length, then start uniform inside it.
             start = self.rng.integers(0, n, size=b)
@@ -138,11 +129,13 @@ class SegmentSampler:
         batch = {k: np.take(v, idx, axis=0) for k, v in self._fields.items()}
         batch["mask"] = mask
         if self.burn_in:
-            offset = int(self._fields["timesteps"][start[0]])  # shared by every row (see above)
-            q = min(offset, self.burn_in)
-            before = start[:, None] - q + np.arange(q, dtype=np.int64)[None, :]  # [B, q], all real
+            q = np.minimum(self._fields["timesteps"][start], self.burn_in)  # steps before, per row
+            j = np.arange(q.max(), dtype=np.int64)[None, :]
+            prefix_mask = j < q[:, None]                      # right padding, as the segments
+            before = np.where(prefix_mask, start[:, None] - q[:, None] + j, self._pad)
             for k, v in self._fields.items():
                 batch[f"prefix_{k}"] = np.take(v, before, axis=0)
+            batch["prefix_mask"] = prefix_mask
         return batch
 
     def get_state(self) -> dict:

@@ -7,6 +7,8 @@ Every backbone is an ``nn.Module`` with
 * ``forward(x[B, T, d_model], state=None) -> (y[B, T, d_model], state)``: the parallel path;
   ``state=None`` means ``initial_state(B)``; the returned state continues the sequence, so a forward
   on chunks with the state carried equals one forward (the transformer: within its context);
+  a recurrent backbone's ``forward(x, state, lengths=L[B])`` returns instead each row's state after
+  its first ``L[b]`` steps (``L[b] = 0``: the start state), for right-padded rows (burn-in prefixes);
 * ``step(x[B, d_model], state) -> (y[B, d_model], state)``: one time step; T steps equal forward;
 * ``initial_state(batch_size, device=None)``: the state before the first input;
 * ``recurrent`` (True for all but the transformer) and, for the transformer, ``context``.

@@ -92,12 +92,17 @@ class CausalDepthwiseConv(nn.Module):
         self.conv = nn.Conv1d(d, d, kernel, groups=d)
         self.pointwise = nn.Linear(d, d) if pointwise else None  # = Conv1d(d, d, 1): same weights, same init
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cache: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         full = torch.cat([cache, x], dim=1)  # [B, k-1+T, d]
         y = self.conv(full.transpose(1, 2)).transpose(1, 2)
         if self.pointwise is not None:
             y = self.pointwise(y)
-        return y, full[:, full.shape[1] - (self.kernel - 1):]
+        if lengths is None:
+            return y, full[:, full.shape[1] - (self.kernel - 1):]
+        # after L steps the cache is full[L : L + k - 1] (the cache itself for L = 0)
+        idx = lengths[:, None] + torch.arange(self.kernel - 1, device=x.device)[None]
+        return y, torch.take_along_dim(full, idx[..., None], dim=1)
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         window = torch.cat([cache, x.unsqueeze(1)], dim=1)  # [B, k, d]
@@ -122,14 +127,14 @@ class MinRNNBlock(nn.Module):
         # h0 = g(h0_param) > 0; starts at g(0) = 0.5.
         self.h0_param = nn.Parameter(torch.zeros(d_hidden)) if learn_h0 else None
 
-    def forward(self, x, h0, conv_cache):
+    def forward(self, x, h0, conv_cache, lengths=None):
         if self.conv is not None and self.official:
-            y, conv_cache = self.conv(x, conv_cache)
+            y, conv_cache = self.conv(x, conv_cache, lengths)
             x = x + y
         u = self.norm1(x)
         if self.conv is not None and not self.official:
-            u, conv_cache = self.conv(u, conv_cache)
-        h, h_last = self.rnn(u, h0)
+            u, conv_cache = self.conv(u, conv_cache, lengths)
+        h, h_last = self.rnn(u, h0, lengths)
         x = x + self.drop(self.proj(h))
         x = x + self.mlp(self.norm2(x))
         return x, h_last, conv_cache
@@ -228,7 +233,8 @@ class MinRNNBackbone(nn.Module):
                 f"{type(state).__name__} of length {len(state) if isinstance(state, (tuple, list)) else '?'}")
         return [(state[i * n], state[i * n + 1] if n == 2 else None) for i in range(self.n_layers)]
 
-    def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor, state=None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] != self.d_model:  # T = 0 too: as every minRNN path
             raise ValueError(f"x must be [B, T, {self.d_model}] with T >= 1; got shape {tuple(x.shape)}")
         if state is None:
@@ -237,7 +243,7 @@ class MinRNNBackbone(nn.Module):
                 state = tuple(None if i % self._per_layer == 0 else s for i, s in enumerate(state))
         new_state = []
         for block, (h0, conv_cache) in zip(self.blocks, self._split(state)):
-            x, h_last, conv_cache = block(x, h0, conv_cache)
+            x, h_last, conv_cache = block(x, h0, conv_cache, lengths)
             new_state.append(h_last)
             if conv_cache is not None:
                 new_state.append(conv_cache)

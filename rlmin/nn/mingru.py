@@ -56,7 +56,10 @@ class MinGRU(nn.Module):
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_hidden={self.d_hidden}, scan_impl={self.scan_impl!r}"
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, T, d_hidden] and the state to carry: after step T, or, with ``lengths`` [B], after
+        each row's first lengths[b] steps (0: h0), for right-padded rows."""
         check_layer_input(x, h0, self.d_in, self.d_hidden)
         p = preactivations(self.linear, x)
         if self.scan_impl == "log":
@@ -67,7 +70,8 @@ class MinGRU(nn.Module):
         else:
             a, b = scan_coefficients(p, lstm=False)  # a = sigmoid(-k), b = sigmoid(k) * g(h~)
             h = scan(a, b, h0, impl=self.scan_impl)
-        return h.to(x.dtype), h[:, -1]  # back to x's dtype: a bf16-cast model's next Linear is bf16
+        # back to x's dtype: a bf16-cast model's next Linear is bf16
+        return h.to(x.dtype), h[:, -1] if lengths is None else state_at(h, h0, lengths)
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """One step of the recurrence: x [B, d_in], h [B, d_hidden] -> new h (in the scan's dtype)."""
@@ -85,6 +89,14 @@ def g(x: torch.Tensor) -> torch.Tensor:
     """The paper's positive activation: x + 0.5 for x >= 0, sigmoid(x) otherwise."""
     # relu(x) + sigmoid(min(x, 0)): the same values, without a select (cheaper in ONNX Runtime)
     return F.relu(x) + torch.sigmoid(x.clamp(max=0))
+
+
+def state_at(h: torch.Tensor, h0: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+    """h[b, lengths[b] - 1] per row of h [B, T, H]; h0 (None: zeros) where lengths[b] == 0."""
+    check_lengths(lengths, *h.shape[:2])
+    last = h[torch.arange(h.shape[0], device=h.device), (lengths - 1).clamp(min=0)]
+    start = torch.zeros_like(last) if h0 is None else h0.to(last.dtype)
+    return torch.where((lengths > 0)[:, None], last, start)
 
 
 def log_g(x: torch.Tensor) -> torch.Tensor:
@@ -119,6 +131,14 @@ def check_layer_input(x: torch.Tensor, h: torch.Tensor | None, d_in: int, d_hidd
     if h is not None and h.shape != (x.shape[0], d_hidden):
         raise ValueError(f"{'h' if step else 'h0'} must be [B, d_hidden] = {(x.shape[0], d_hidden)} "
                          f"(no broadcasting); got shape {tuple(h.shape)}")
+
+
+def check_lengths(lengths: torch.Tensor, batch: int, steps: int) -> None:
+    """``lengths`` of right-padded rows: [B] integers in 0..T (every recurrent path checks the same)."""
+    if lengths.shape != (batch,) or lengths.is_floating_point() \
+            or not bool(((lengths >= 0) & (lengths <= steps)).all()):
+        raise ValueError(f"lengths must be [B] = [{batch}] integers in 0..T = 0..{steps}; "
+                         f"got {lengths.tolist()}")
 
 
 def preactivations(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:

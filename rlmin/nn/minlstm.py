@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
-from rlmin.nn.mingru import check_layer_input, check_scan_impl, check_size, g, log_g, preactivations
+from rlmin.nn.mingru import (check_layer_input, check_scan_impl, check_size, g, log_g, preactivations,
+                              state_at)
 from rlmin.nn.scan import scan, scan_log_h0
 
 
@@ -53,7 +54,10 @@ class MinLSTM(nn.Module):
         d = F.softplus(-f) - F.softplus(-i)  # log(i / f)
         return d, cand
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, T, d_hidden] and the state to carry: after step T, or, with ``lengths`` [B], after
+        each row's first lengths[b] steps (0: h0), for right-padded rows."""
         check_layer_input(x, h0, self.d_in, self.d_hidden)
         if self.scan_impl == "log":
             d, cand = self._gates(x)
@@ -65,7 +69,8 @@ class MinLSTM(nn.Module):
             else:  # a = sigmoid(-d), b = sigmoid(d) * g(h~), fused with a hand-written backward
                 a, b = scan_coefficients(p, lstm=True)
                 h = scan(a, b, h0, impl=self.scan_impl)
-        return h.to(x.dtype), h[:, -1]  # back to x's dtype: a bf16-cast model's next Linear is bf16
+        # back to x's dtype: a bf16-cast model's next Linear is bf16
+        return h.to(x.dtype), h[:, -1] if lengths is None else state_at(h, h0, lengths)
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """One step of the recurrence: x [B, d_in], h [B, d_hidden] -> new h (in the scan's dtype)."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rlmin.nn.blocks import check_dropout
-from rlmin.nn.mingru import check_size
+from rlmin.nn.mingru import check_lengths, check_size
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -44,19 +44,30 @@ class RNNBackbone(nn.Module):
         return tuple(torch.zeros(batch_size, self.n_layers, self.d_model, device=device, dtype=w.dtype)
                      for _ in range(n))
 
-    def forward(self, x: torch.Tensor, state=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        if state is None:
-            hx = None
+    def forward(self, x: torch.Tensor, state=None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``lengths`` [B]: the returned state is each row's after its first lengths[b] steps (0: the
+        initial state), for right-padded rows; y past a row's length is then zero."""
+        n = 2 if self.cell == "lstm" else 1
+        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != n):
+            raise ValueError(f"state must be a tuple of {n} tensor(s) [B, n_layers, d_model], "
+                             f"as made by initial_state")
+        hx = None if state is None else tuple(s.transpose(0, 1).contiguous() for s in state)
+        hx = hx if hx is None or self.cell == "lstm" else hx[0]
+        if lengths is None:
+            y, hn = self.rnn(x, hx)
         else:
-            n = 2 if self.cell == "lstm" else 1
-            if not isinstance(state, (tuple, list)) or len(state) != n:
-                raise ValueError(f"state must be a tuple of {n} tensor(s) [B, n_layers, d_model], "
-                                 f"as made by initial_state")
-            hx = tuple(s.transpose(0, 1).contiguous() for s in state)
-            hx = hx if self.cell == "lstm" else hx[0]
-        y, hn = self.rnn(x, hx)
-        hn = hn if self.cell == "lstm" else (hn,)
-        return y, tuple(h.transpose(0, 1) for h in hn)
+            check_lengths(lengths, *x.shape[:2])
+            packed = nn.utils.rnn.pack_padded_sequence(  # rows of length 0 get their start state below
+                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+            y, hn = self.rnn(packed, hx)
+            y = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
+        hn = tuple(h.transpose(0, 1) for h in (hn if self.cell == "lstm" else (hn,)))
+        if lengths is not None:
+            start = self.initial_state(x.shape[0], x.device) if state is None else tuple(state)
+            empty = (lengths == 0).to(x.device)[:, None, None]
+            hn = tuple(torch.where(empty, s0, h) for s0, h in zip(start, hn))
+        return y, hn
 
     def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         y, state = self.forward(x.unsqueeze(1), state)
