@@ -52,6 +52,23 @@ def tb_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
+def test_a_resumed_runs_event_file_sorts_after_the_killed_runs(tmp_path):
+    """TensorBoard reads event files in name order; names start with the creation second. A
+    resume within the killed run's second must still come last, or its purge is undone."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rlmin.runlog import _wait_for_a_later_second
+
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    killed = tb / f"events.out.tfevents.{int(time.time()):010d}.zzzz.99999999.9"  # sorts last in its second
+    killed.write_bytes(b"")
+    _wait_for_a_later_second(tb)
+    SummaryWriter(tb).close()
+    names = sorted(p.name for p in tb.glob("events.out.tfevents.*"))
+    assert names[0] == killed.name, names
+
+
 # ----------------------------------------------------------------------------- damaged checkpoint
 
 def test_resume_falls_back_from_a_truncated_newest_checkpoint(tmp_path, tiny_config, capsys):
