@@ -55,7 +55,10 @@ class DistContext:
         return t.tolist()
 
     def cleanup(self) -> None:
+        """Leave the group together: a rank that leaves while another still works (rank 0's final
+        evaluation) makes gloo abort."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -157,7 +157,6 @@ def train(cfg=None, resume: str | Path | None = None, overrides: list[str] = ())
         if payload is not None:
             cfg = resumed_config(payload, list(overrides))
         result = _train(cfg, run_dir, payload, ddp, stop)
-    ddp.barrier()  # rank 0 evaluates last: a rank leaving the group before it aborts under gloo
     ddp.cleanup()
     return result
 

@@ -104,7 +104,7 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool,
         ckpt = save_checkpoint(build_agent(backbone, width, layers, layout), folder / f"{model}-{backbone}-{layout}.ckpt")
         pt = export_policy(ckpt, folder / f"{model}-{backbone}-{layout}.pt")
         onnx = None
-        if backbone != "transformer":
+        if backbone not in ("transformer", "gru") and device == "cpu":  # the only ONNX contestants
             onnx = export_onnx(ckpt, folder / f"{model}-{backbone}-{layout}.onnx")
         return pt, onnx
 
