@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -300,9 +301,13 @@ def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, ta
                         seed: int = 10_000, n_envs: int | None = None,
                         max_episode_steps: int | None = None) -> dict:
     """``rlmin eval``: evaluate a training checkpoint, a run dir (its latest checkpoint) or an
-    exported policy in its own environment, acting in ``mode`` (None: the agent's own)."""
+    exported policy (.pt, or .onnx run by ONNX Runtime) in its own environment, acting in ``mode``
+    (None: the agent's own)."""
     from rlmin.policy import load_payload, agent_from_payload
 
+    if Path(path).suffix == ".onnx":
+        return _evaluate_onnx(Path(path), episodes=episodes, mode=mode, target_returns=target_returns,
+                              seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps)
     payload, source = load_payload(path)
     agent = agent_from_payload(payload)
     spec = EvalSpec.from_dict(payload["eval_spec"])
@@ -317,4 +322,39 @@ def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, ta
                        progress=True)
         res["agent"] = agent.describe()
     res["checkpoint"] = {"path": str(source), "step": payload.get("step")}
+    return res
+
+
+class _PolicyAgent(torch.nn.Module):
+    """An exported policy (``reset``/``act`` with its state inside) under the agent contract."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def reset(self, n_envs, target_return):
+        self.policy.reset(n_envs, target_return)
+
+    def act(self, obs, reward, state, done=None):
+        return self.policy.act(obs, reward, done), state
+
+
+def _evaluate_onnx(path: Path, *, mode: str | None, **kwargs) -> dict:
+    """The deployed file itself, run by ONNX Runtime: what a quantized policy scores."""
+    from rlmin.onnx_policy import OnnxPolicy
+
+    if not path.is_file():
+        raise EvalUsageError(f"{path} does not exist")
+    try:
+        policy = OnnxPolicy.load(path)
+    except ImportError:
+        raise EvalUsageError("evaluating an .onnx policy needs onnxruntime: pip install 'rlmin[export]'") from None
+    except ValueError as e:
+        raise EvalUsageError(str(e)) from None
+    if mode not in (None, "carry"):
+        raise EvalUsageError(f"--mode {mode}: an ONNX policy acts in carry mode only (its graph is one carry step)")
+    meta = policy.metadata
+    res = evaluate(_PolicyAgent(policy), EvalSpec.from_dict(meta["eval_spec"]), progress=True, **kwargs)
+    res["agent"] = {**meta.get("describe", {}), "policy": "onnx", "quantization": meta.get("quantization")}
+    res["checkpoint"] = {"path": str(path), "step": meta.get("step"), "source": meta.get("source")}
     return res

@@ -138,10 +138,35 @@ def onnx_bytes(agent, metadata: dict | None = None) -> bytes:
     return model.SerializeToString()
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write an ONNX policy (graph + metadata, one file) from a checkpoint, run dir or .pt policy."""
+QUANTIZATIONS = ("int8",)
+
+
+def quantize_int8(model_bytes: bytes) -> bytes:
+    """The graph with its MatMul/Gemm weights in int8 and their inputs quantized at run time
+    (ONNX Runtime's dynamic quantization; metadata kept). Faster where the CPU has int8 dot
+    products (AVX-512 VNNI), and no longer exact: rlmin eval the .onnx file to see its score."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, q = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(model_bytes)
+        quant_pre_process(fp32, pre)  # shape inference + graph cleanup, as ORT's docs ask first
+        # per-tensor weights: per-channel measured slower at these sizes (0.62 against 0.51 ms)
+        quantize_dynamic(pre, q, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        return q.read_bytes()
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, quantize: str | None = None) -> Path:
+    """Write an ONNX policy (graph + metadata, one file) from a checkpoint, run dir or .pt policy.
+
+    ``quantize="int8"``: weights in int8 (:func:`quantize_int8`); the metadata says so."""
     out = Path(out)
     check_output_file(out)
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or None); got {quantize!r}")
     payload, source = load_payload(checkpoint)
     try:
         import onnx  # noqa: F401
@@ -149,8 +174,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
         raise CheckpointError("ONNX export needs the onnx package: pip install 'rlmin[export]'") from None
     agent = agent_from_payload(payload)
     metadata = {"agent": payload["agent"], "eval_spec": payload["eval_spec"],
-                "dataset": payload.get("dataset"), "step": payload.get("step"), "source": str(source)}
+                "dataset": payload.get("dataset"), "step": payload.get("step"), "source": str(source),
+                "quantization": quantize, "describe": {**agent.describe(), "act_mode": "carry"}}
     data = onnx_bytes(agent, metadata)
+    if quantize == "int8":
+        data = quantize_int8(data)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(out)  # atomic: a reader never sees half a file

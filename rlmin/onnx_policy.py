@@ -41,6 +41,7 @@ class OnnxPolicy:
         self.eval_spec = types.SimpleNamespace(**spec)
         self.obs_dim, self.act_dim = int(metadata["obs_dim"]), int(metadata["act_dim"])
         self.layout = [(s["name"], tuple(s["shape"]), _DTYPES[s["dtype"]]) for s in metadata["state"]]
+        self.quantization = metadata.get("quantization")  # None (float32, exact) or "int8"
         self.outputs = list(metadata["outputs"])  # action, then next.<key> for the keys that change
         self.updated = [name.removeprefix("next.") for name in self.outputs[1:]]
         self.state: dict[str, np.ndarray] | None = None

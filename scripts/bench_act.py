@@ -14,7 +14,8 @@ checkpoint of a freshly built agent (no training: latency does not depend on the
   here inside the slimmer ``act`` of today),
   ``chunk`` (the default: one ``backbone.forward`` of the step's three tokens),
   ``compiled`` (``agent.compile_acting()``: torch.compile of the step path; compile time reported);
-  and ``onnx`` (``rlmin export CKPT policy.onnx``, run by ONNX Runtime through ``Policy.load``).
+  ``onnx`` (``rlmin export CKPT policy.onnx``, run by ONNX Runtime through ``Policy.load``) and
+  ``onnx int8`` (``--quantize int8``: int8 weights, not exact; docs/ACTING.md has its score).
 * ``mingru stacked``: one token per step (``chunk`` = its only torch path, and ``onnx``).
 * ``gru``: torch's ``nn.GRU`` in carry mode at the width with minGRU's parameter count.
 * ``transformer window``: the Decision Transformer's acting, re-running the K = 20 window
@@ -103,10 +104,14 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool,
     def exported(backbone, width, layout="interleaved"):
         ckpt = save_checkpoint(build_agent(backbone, width, layers, layout), folder / f"{model}-{backbone}-{layout}.ckpt")
         pt = export_policy(ckpt, folder / f"{model}-{backbone}-{layout}.pt")
-        onnx = None
+        onnx = int8 = None
         if backbone not in ("transformer", "gru") and device == "cpu":  # the only ONNX contestants
             onnx = export_onnx(ckpt, folder / f"{model}-{backbone}-{layout}.onnx")
-        return pt, onnx
+            int8 = export_onnx(ckpt, folder / f"{model}-{backbone}-{layout}.int8.onnx", quantize="int8")
+        return pt, onnx, int8
+
+    def onnx_policy(path):
+        return lambda: OnnxPolicy.load(path, threads=threads)
 
     def torch_policy(pt, impl=None):
         def make():
@@ -119,21 +124,23 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool,
         return make
 
     for backbone in ("mingru", "minlstm"):
-        pt, onnx = exported(backbone, d)
+        pt, onnx, int8 = exported(backbone, d)
         out += [{"name": f"{backbone} step", "make": torch_policy(pt, "step")},
                 {"name": f"{backbone} chunk", "make": torch_policy(pt, "chunk")}]
         if compile_:
             out.append({"name": f"{backbone} compiled", "make": torch_policy(pt, "compiled")})
         if device == "cpu":  # the ONNX policy runs on ONNX Runtime's CPU provider
-            out.append({"name": f"{backbone} onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
-    pt, onnx = exported("mingru", d, "stacked")
+            out += [{"name": f"{backbone} onnx", "make": onnx_policy(onnx)},
+                    {"name": f"{backbone} onnx int8", "make": onnx_policy(int8)}]
+    pt, onnx, int8 = exported("mingru", d, "stacked")
     out.append({"name": "mingru stacked chunk", "make": torch_policy(pt)})
     if device == "cpu":
-        out.append({"name": "mingru stacked onnx", "make": lambda p=onnx: OnnxPolicy.load(p, threads=threads)})
+        out += [{"name": "mingru stacked onnx", "make": onnx_policy(onnx)},
+                {"name": "mingru stacked onnx int8", "make": onnx_policy(int8)}]
     gru_width = matched_width("gru", layers, params(build_agent("mingru", d, layers)))
-    pt, _ = exported("gru", gru_width)
+    pt, _, _ = exported("gru", gru_width)
     out.append({"name": "gru chunk", "make": torch_policy(pt), "d_model": gru_width})
-    pt, _ = exported("transformer", d)
+    pt, _, _ = exported("transformer", d)
     out.append({"name": "transformer window", "make": torch_policy(pt)})
     return out
 
@@ -193,12 +200,13 @@ def goals(rows: list[dict]) -> list[dict]:
                 out.append({"goal": f"exported {bb} (default path), DT widths, 16 envs: no slower than "
                             "nn.GRU carry", "value": r["ms_per_step"], "target": gru["ms_per_step"],
                             "met": r["ms_per_step"] <= gru["ms_per_step"]})
-        r = row("dt", 16, f"{bb} onnx")
-        if r:
-            out.append({"goal": f"{bb} ONNX policy, DT widths, 16 envs: >= {GOAL_ONNX_SPEEDUP:g}x the DT window",
-                        "value": r["x_dt_window"], "target": GOAL_ONNX_SPEEDUP,
-                        "met": r["x_dt_window"] >= GOAL_ONNX_SPEEDUP})
-    for name in ("mingru chunk", "mingru compiled", "mingru onnx"):
+        for name in (f"{bb} onnx", f"{bb} onnx int8"):
+            r = row("dt", 16, name)
+            if r:
+                out.append({"goal": f"{name} policy, DT widths, 16 envs: >= {GOAL_ONNX_SPEEDUP:g}x the DT window",
+                            "value": r["x_dt_window"], "target": GOAL_ONNX_SPEEDUP,
+                            "met": r["x_dt_window"] >= GOAL_ONNX_SPEEDUP})
+    for name in ("mingru chunk", "mingru compiled", "mingru onnx", "mingru onnx int8"):
         r = row("quickstart", 1, name)
         if r:
             out.append({"goal": f"quickstart model, 1 env, {name}: <= {GOAL_ONE_ENV_MS:g} ms per step",

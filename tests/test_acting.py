@@ -223,3 +223,53 @@ def test_transformer_export_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "carry" in err and ".pt" in err
     assert not (tmp_path / "dt.onnx").exists()
+
+
+def test_int8_export_is_quantized_close_and_says_so(tmp_path, capsys):
+    """--quantize int8: the Linear weights really are int8 (a silently skipped quantization, or lost
+    metadata, fails here), the actions stay near the float policy's, and a .pt output is refused."""
+    import onnx
+
+    agent = make_agent("mingru", d_model=32)
+    ckpt = save_checkpoint(agent, tmp_path / "m.pt")
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
+    assert cli.main(["export", str(ckpt), str(fp32)]) == 0
+    assert cli.main(["export", str(ckpt), str(int8), "--quantize", "int8"]) == 0
+    ops = [node.op_type for node in onnx.load(int8).graph.node]
+    assert ops.count("MatMulInteger") >= 2 * 4 + 1  # every block's gates, proj and MLP; the head
+    assert "Gemm" not in ops and "MatMul" not in ops  # no float matrix product left
+    p8, p32 = Policy.load(int8), Policy.load(fp32)
+    assert (p8.quantization, p32.quantization) == ("int8", None)
+    a8, a32 = run_policy(p8, 4, 300, seed=2), run_policy(p32, 4, 300, seed=2)
+    diff = np.abs(a8 - a32)
+    assert 1e-6 < diff.max() < 0.1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+    capsys.readouterr()
+    assert cli.main(["export", str(ckpt), str(tmp_path / "m2.pt"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".onnx" in err and not (tmp_path / "m2.pt").exists()
+
+
+def test_eval_of_the_onnx_file_replays_the_checkpoints_episodes(tmp_path, capsys):
+    """`rlmin eval policy.onnx` runs the deployed file in the real env: a float32 export plays the
+    same episodes as the checkpoint (same lengths, returns to float round-off)."""
+    from rlmin.evaluate import evaluate_checkpoint
+
+    torch.manual_seed(0)
+    spec = DataSpec(11, 3, np.zeros(11), np.ones(11), seq_len=K, max_episode_steps=64)
+    agent = DecisionAgent(spec, DecisionAgent.options_from_dict(dict(backbone="minlstm", d_model=16, n_layers=2)))
+    ckpt = tmp_path / "hopper.pt"
+    torch.save({"format": FORMAT, "agent": agent_payload("decision", agent), "model": agent.state_dict(),
+                "eval_spec": {**EVAL_SPEC, "obs_dim": 11}, "dataset": None, "step": 7}, ckpt)
+    onnx_path = tmp_path / "hopper.onnx"
+    assert cli.main(["export", str(ckpt), str(onnx_path)]) == 0
+    kw = dict(episodes=3, n_envs=2, target_returns=[30.0], max_episode_steps=40, seed=3)  # one env resets
+    ref, got = evaluate_checkpoint(ckpt, **kw), evaluate_checkpoint(onnx_path, **kw)
+    r, g = ref["targets"]["30"], got["targets"]["30"]
+    assert g["lengths"] == r["lengths"]
+    np.testing.assert_allclose(g["returns"], r["returns"], rtol=1e-4)
+    assert got["agent"] == {"label": "minlstm", "act_mode": "carry", "policy": "onnx", "quantization": None}
+    assert got["checkpoint"]["step"] == 7
+    capsys.readouterr()
+    assert cli.main(["eval", str(onnx_path), "--mode", "window", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "carry mode only" in err

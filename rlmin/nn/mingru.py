@@ -16,7 +16,10 @@ Three parallel paths, the same result to float tolerance (the fused kernels are 
   [B*T, d_in] @ [d_in, 2*d_hidden] GEMM forward and one each for dX and dW backward (through oneDNN for
   large float32 inputs, :func:`rlmin.nn.fused.cpu_linear`), then gates, g and the sequential scan run in
   one autograd Function with a hand-written backward (:func:`rlmin.nn.fused.layer_scan`).
-* anything else (``"reference"``, ``"triton"``, CUDA, autocast, a model cast to bf16): a and b in linear
+* ``"reference"``: plain torch ops end to end (``nn.Linear``, the gates as ``step`` writes them, the
+  loop of :func:`rlmin.nn.scan.scan_reference`): the judge of the other paths, and the code an ONNX
+  export traces (the fused paths are opaque autograd Functions).
+* anything else (``"triton"``, CUDA, autocast, a model cast to bf16): a and b in linear
   space, computed stably (``a = sigmoid(-k)``, not ``1 - sigmoid(k)``) by
   :func:`rlmin.nn.fused.scan_coefficients`, solved by :func:`rlmin.nn.scan.scan`.
 
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlmin.nn.fused import _onednn_ok, cpu_linear, fused_scan_ok, layer_scan, scan_coefficients
-from rlmin.nn.scan import scan, scan_log_h0
+from rlmin.nn.scan import scan, scan_log_h0, scan_reference
 
 SCAN_IMPLS = ("auto", "reference", "log", "sequential", "triton")
 
@@ -61,8 +64,11 @@ class MinGRU(nn.Module):
         """h [B, T, d_hidden] and the state to carry: after step T, or, with ``lengths`` [B], after
         each row's first lengths[b] steps (0: h0), for right-padded rows."""
         check_layer_input(x, h0, self.d_in, self.d_hidden)
-        p = preactivations(self.linear, x)
-        if self.scan_impl == "log":
+        p = preactivations(self.linear, x, plain=self.scan_impl == "reference")
+        if self.scan_impl == "reference":
+            k, cand = p.chunk(2, dim=-1)
+            h = scan_reference(torch.sigmoid(-k), torch.sigmoid(k) * g(cand), h0)
+        elif self.scan_impl == "log":
             k, cand = p.chunk(2, dim=-1)
             h = scan_log_h0(-F.softplus(k), -F.softplus(-k) + log_g(cand), h0)  # log(1 - z), log z + log g(h~)
         elif fused_scan_ok(p, h0, self.scan_impl):  # CPU: gates and scan in one Function
@@ -141,14 +147,14 @@ def check_lengths(lengths: torch.Tensor, batch: int, steps: int) -> None:
                          f"got {lengths.tolist()}")
 
 
-def preactivations(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def preactivations(linear: nn.Linear, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
     """linear(x), upcast from float16/bfloat16 (autocast, or a model cast to bf16) to float32: gates and
     the scan run in >= float32.
 
     Large float32 CPU inputs go through :func:`rlmin.nn.fused.cpu_linear` (oneDNN; the same values to
-    float32 rounding).
+    float32 rounding) unless ``plain``.
     """
-    if _onednn_ok(x, linear.weight):
+    if not plain and _onednn_ok(x, linear.weight):
         return cpu_linear(x, linear.weight, linear.bias)
     out = linear(x)
     return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out

@@ -12,6 +12,8 @@ i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 
 * ``"auto"`` / ``"sequential"`` on CPU (float32/float64, no autocast): the fused layer path of
   :func:`rlmin.nn.fused.layer_scan` (gates, g and scan in one Function, d = logsigmoid(i~) - logsigmoid(f~)),
   after the Linear as one GEMM (oneDNN for large float32 inputs).
+* ``"reference"``: plain torch ops end to end (``nn.Linear``, the gates as ``step`` writes them,
+  :func:`rlmin.nn.scan.scan_reference`): the judge, and what an ONNX export traces.
 * anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.fused.scan_coefficients`,
   fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
@@ -28,7 +30,7 @@ from torch import nn
 from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
 from rlmin.nn.mingru import (check_layer_input, check_scan_impl, check_size, g, log_g, preactivations,
                               state_at)
-from rlmin.nn.scan import scan, scan_log_h0
+from rlmin.nn.scan import scan, scan_log_h0, scan_reference
 
 
 class MinLSTM(nn.Module):
@@ -49,8 +51,8 @@ class MinLSTM(nn.Module):
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_hidden={self.d_hidden}, scan_impl={self.scan_impl!r}"
 
-    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, i, cand = preactivations(self.linear, x).chunk(3, dim=-1)
+    def _gates(self, x: torch.Tensor, plain: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        f, i, cand = preactivations(self.linear, x, plain).chunk(3, dim=-1)
         d = F.softplus(-f) - F.softplus(-i)  # log(i / f)
         return d, cand
 
@@ -59,7 +61,10 @@ class MinLSTM(nn.Module):
         """h [B, T, d_hidden] and the state to carry: after step T, or, with ``lengths`` [B], after
         each row's first lengths[b] steps (0: h0), for right-padded rows."""
         check_layer_input(x, h0, self.d_in, self.d_hidden)
-        if self.scan_impl == "log":
+        if self.scan_impl == "reference":
+            d, cand = self._gates(x, plain=True)
+            h = scan_reference(torch.sigmoid(-d), torch.sigmoid(d) * g(cand), h0)
+        elif self.scan_impl == "log":
             d, cand = self._gates(x)
             h = scan_log_h0(-F.softplus(d), -F.softplus(-d) + log_g(cand), h0)
         else:
