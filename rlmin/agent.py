@@ -95,6 +95,11 @@ class Agent(nn.Module, abc.ABC):
         finally:
             self.act_mode = previous
 
+    def for_deployment(self) -> "Agent":
+        """Switch to the agent's fastest exact way of acting, for a policy that runs as it is
+        (``Policy.load`` calls it); the default changes nothing. Returns the agent."""
+        return self
+
     @classmethod
     def check_act_mode(cls, options: "Agent.Options", mode: str) -> None:
         """ValueError unless an agent with ``options`` can act in ``mode``."""

@@ -98,7 +98,8 @@ class Policy:
         if payload.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an exported rlmin policy ({FORMAT}); make one "
                                   "with `rlmin export CHECKPOINT OUT`")
-        return cls(agent_from_payload(payload).to(device), EvalSpec.from_dict(payload["eval_spec"]))
+        agent = agent_from_payload(payload).to(device).for_deployment()
+        return cls(agent, EvalSpec.from_dict(payload["eval_spec"]))
 
     def reset(self, n_envs: int = 1, target_return: float | None = None) -> None:
         target = self.eval_spec.target_returns[0] if target_return is None else target_return

@@ -96,6 +96,40 @@ def test_chunked_carry_equals_per_token_steps(backbone, layout):
         np.testing.assert_allclose(state[key].numpy(), ref_state[key].numpy(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["interleaved", "stacked"])
+@pytest.mark.parametrize("backbone", ["mingru", "minlstm", "gru", "lstm"])
+def test_traced_carry_equals_per_token_steps(backbone, layout):
+    """carry_impl="traced" (Policy.load's): the same actions as the reference, per n_envs and dtype,
+    without falling back to eager (a failed trace warns, and warnings are errors here)."""
+    import warnings
+
+    agent = make_agent(backbone, token_layout=layout).double()
+    agent.carry_impl = "step"
+    ref = [run_agent(agent, n, 30, seed=n)[0] for n in (3, 1)]
+    agent.carry_impl = "traced"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = [run_agent(agent, n, 30, seed=n)[0] for n in (3, 1)]
+    for a, b in zip(out, ref):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert sorted(k[0] for k in agent.__dict__["_traced_steps"]) == [1, 3]
+    assert all(fn != agent._no_start_ops for fn in agent.__dict__["_traced_steps"].values())
+
+
+def test_traced_carry_reads_the_weights_live():
+    """A traced step keeps using the agent's parameters (no frozen copy): after an update of the
+    weights it still equals the reference, as training-time evaluation needs."""
+    agent = make_agent("mingru").double()
+    agent.carry_impl = "traced"
+    run_agent(agent, 2, 5)  # traces
+    with torch.no_grad():
+        for p in agent.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    out, _ = run_agent(agent, 2, 20)
+    agent.carry_impl = "step"
+    np.testing.assert_allclose(out, run_agent(agent, 2, 20)[0], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("options", [{}, {"conv_kernel": 3, "learn_h0": True},
                                      {"conv_kernel": 2, "conv_layout": "official"}])
 def test_chunked_carry_equals_training_forward(options):
@@ -177,6 +211,7 @@ def test_onnx_policy_carries_conv_cache_and_learned_h0(exported):
 
 def test_onnx_policy_metadata_and_api(exported):
     torch_policy, onnx_policy, _ = exported["mingru"]
+    assert torch_policy.agent.carry_impl == "traced"  # Policy.load's: the deployment path
     spec = onnx_policy.eval_spec
     assert (spec.env_id, spec.target_returns, spec.ref_min, spec.ref_max) == ("Hopper-v5", (30.0, 15.0),
                                                                             -20.0, 3000.0)

@@ -529,3 +529,23 @@ def test_tune_cpu_allocator_is_idempotent_and_says_whether_it_applied():
     assert first == second
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert first == "True"
+
+
+@pytest.mark.parametrize("name,options", [("mingru", {}), ("minlstm", {"conv_kernel": 3, "learn_h0": True}),
+                                          ("mingru", {"conv_kernel": 2, "conv_layout": "official"}),
+                                          ("gru", {}), ("lstm", {})],
+                         ids=["mingru", "minlstm-conv-h0", "mingru-official", "gru", "lstm"])
+def test_last_output_only_is_the_full_forwards_last_valid_row(name, options):
+    """``last=True`` (what acting reads; the minRNN stacks skip the last block's other positions) gives
+    y at each row's lengths - 1 (T - 1 without lengths) and the same state as the full forward."""
+    model = make(name, 8, n_layers=3, **options)
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    state = model(torch.randn(4, 2, 8, dtype=torch.float64))[1]  # a carried, non-initial state
+    lengths = torch.tensor([5, 2, 1, 4])
+    for lens in (None, lengths):
+        y, s = model(x, state, lengths=lens)
+        y_last, s_last = model(x, state, lengths=lens, last=True)
+        at = torch.full((4,), 4) if lens is None else lens - 1
+        torch.testing.assert_close(y_last, y[torch.arange(4), at], rtol=0, atol=1e-12)
+        for a, b in zip(s_last, s):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

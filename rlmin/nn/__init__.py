@@ -8,7 +8,9 @@ Every backbone is an ``nn.Module`` with
   ``state=None`` means ``initial_state(B)``; the returned state continues the sequence, so a forward
   on chunks with the state carried equals one forward (the transformer: within its context);
   a recurrent backbone's ``forward(x, state, lengths=L[B])`` returns instead each row's state after
-  its first ``L[b]`` steps (``L[b] = 0``: the start state), for right-padded rows (burn-in prefixes);
+  its first ``L[b]`` steps (``L[b] = 0``: the start state), for right-padded rows (burn-in prefixes),
+  and with ``last=True`` only each row's last output y[B, d_model] (at ``L[b] - 1``, or ``T - 1``:
+  what acting reads; the minRNN stacks skip the last block's other outputs);
 * ``step(x[B, d_model], state) -> (y[B, d_model], state)``: one time step; T steps equal forward;
 * ``initial_state(batch_size, device=None)``: the state before the first input;
 * ``recurrent`` (True for all but the transformer) and, for the transformer, ``context``.
@@ -19,6 +21,8 @@ touching the others: ``torch.where(mask.view(-1, 1, ...), fresh, old)`` per tens
 :func:`reset_rows` does for a whole state.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -77,8 +81,24 @@ def reset_rows(state: tuple[torch.Tensor, ...], mask: torch.Tensor,
                  for old, new in zip(state, fresh))
 
 
+@contextlib.contextmanager
+def reference_scans(module: nn.Module):
+    """Every minRNN layer in ``module`` on ``scan_impl="reference"`` (plain torch ops) for the
+    duration, e.g. while a trace records it; restored afterwards."""
+    layers = [m for m in module.modules() if isinstance(m, (MinGRU, MinLSTM))]
+    before = [m.scan_impl for m in layers]
+    try:
+        for m in layers:
+            m.scan_impl = "reference"
+        yield module
+    finally:
+        for m, impl in zip(layers, before):
+            m.scan_impl = impl
+
+
 __all__ = [
-    "BACKBONES", "backbone_options", "build_backbone", "is_recurrent", "reset_rows",
+    "BACKBONES", "backbone_options", "build_backbone", "is_recurrent", "reference_scans", "reset_rows",
     "MinGRU", "MinLSTM", "MinRNNBackbone", "MinGRUBackbone", "MinLSTMBackbone",
     "TransformerBackbone", "RNNBackbone", "GRUBackbone", "LSTMBackbone",
 ]
+

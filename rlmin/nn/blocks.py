@@ -127,7 +127,9 @@ class MinRNNBlock(nn.Module):
         # h0 = g(h0_param) > 0; starts at g(0) = 0.5.
         self.h0_param = nn.Parameter(torch.zeros(d_hidden)) if learn_h0 else None
 
-    def forward(self, x, h0, conv_cache, lengths=None):
+    def forward(self, x, h0, conv_cache, lengths=None, read=None):
+        """``read`` [B, 1, 1] (optional): the one position per row whose output is used; the others
+        skip the projection and the MLP (x comes back [B, 1, d_model])."""
         if self.conv is not None and self.official:
             y, conv_cache = self.conv(x, conv_cache, lengths)
             x = x + y
@@ -135,6 +137,8 @@ class MinRNNBlock(nn.Module):
         if self.conv is not None and not self.official:
             u, conv_cache = self.conv(u, conv_cache, lengths)
         h, h_last = self.rnn(u, h0, lengths)
+        if read is not None:
+            x, h = torch.take_along_dim(x, read, dim=1), torch.take_along_dim(h, read, dim=1)
         x = x + self.drop(self.proj(h))
         x = x + self.mlp(self.norm2(x))
         return x, h_last, conv_cache
@@ -156,6 +160,8 @@ class MinRNNBackbone(nn.Module):
     """A stack of minGRU or minLSTM residual blocks; see the module docstring for options and state.
 
     ``forward(x[B,T,d_model], state=None) -> (y, state)`` runs in parallel over time (the scan);
+    with ``last=True``, y is only each row's last output [B, d_model] (at lengths - 1, or T - 1), and
+    the last block computes nothing else (what acting reads);
     ``step(x[B,d_model], state) -> (y, state)`` runs one time step. ``state=None`` means
     ``initial_state(B)``.
     """
@@ -233,21 +239,26 @@ class MinRNNBackbone(nn.Module):
                 f"{type(state).__name__} of length {len(state) if isinstance(state, (tuple, list)) else '?'}")
         return [(state[i * n], state[i * n + 1] if n == 2 else None) for i in range(self.n_layers)]
 
-    def forward(self, x: torch.Tensor, state=None,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None,
+                last: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         if x.dim() != 3 or x.shape[1] == 0 or x.shape[2] != self.d_model:  # T = 0 too: as every minRNN path
             raise ValueError(f"x must be [B, T, {self.d_model}] with T >= 1; got shape {tuple(x.shape)}")
         if state is None:
             state = self.initial_state(x.shape[0], x.device)
             if not self.learn_h0:  # zero h0: let the scan start from nothing (cheaper, same result)
                 state = tuple(None if i % self._per_layer == 0 else s for i, s in enumerate(state))
+        read = None
+        if last:
+            read = torch.full((x.shape[0], 1, 1), x.shape[1] - 1, device=x.device) if lengths is None \
+                else (lengths - 1).clamp(min=0).view(-1, 1, 1)
         new_state = []
-        for block, (h0, conv_cache) in zip(self.blocks, self._split(state)):
-            x, h_last, conv_cache = block(x, h0, conv_cache, lengths)
+        for i, (block, (h0, conv_cache)) in enumerate(zip(self.blocks, self._split(state))):
+            x, h_last, conv_cache = block(x, h0, conv_cache, lengths, read if i == self.n_layers - 1 else None)
             new_state.append(h_last)
             if conv_cache is not None:
                 new_state.append(conv_cache)
-        return self.norm(x), tuple(new_state)
+        y = self.norm(x)
+        return (y[:, 0] if last else y), tuple(new_state)
 
     def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         new_state = []

@@ -44,10 +44,11 @@ class RNNBackbone(nn.Module):
         return tuple(torch.zeros(batch_size, self.n_layers, self.d_model, device=device, dtype=w.dtype)
                      for _ in range(n))
 
-    def forward(self, x: torch.Tensor, state=None,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None,
+                last: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """``lengths`` [B]: the returned state is each row's after its first lengths[b] steps (0: the
-        initial state), for right-padded rows; y past a row's length is then zero."""
+        initial state), for right-padded rows; y past a row's length is then zero. ``last``: y is
+        only each row's last output [B, d_model] (at lengths - 1, or T - 1)."""
         n = 2 if self.cell == "lstm" else 1
         if state is not None and (not isinstance(state, (tuple, list)) or len(state) != n):
             raise ValueError(f"state must be a tuple of {n} tensor(s) [B, n_layers, d_model], "
@@ -67,6 +68,8 @@ class RNNBackbone(nn.Module):
             start = self.initial_state(x.shape[0], x.device) if state is None else tuple(state)
             empty = (lengths == 0).to(x.device)[:, None, None]
             hn = tuple(torch.where(empty, s0, h) for s0, h in zip(start, hn))
+        if last:
+            y = y[:, -1] if lengths is None else y[torch.arange(y.shape[0]), (lengths - 1).clamp(min=0)]
         return y, hn
 
     def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
