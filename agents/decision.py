@@ -426,7 +426,7 @@ class DecisionAgent(Agent):
         """A step in which no row starts an episode: eager, or its trace for ``carry_impl="traced"``."""
         if self.carry_impl != "traced":
             return self._no_start_ops(obs, rtg, prev, t, *bstate)
-        key = (obs.shape[0], obs.dtype, obs.device.type)
+        key = (obs.shape[0], obs.dtype, str(obs.device))
         traced = self.__dict__.setdefault("_traced_steps", {})  # not a submodule: no state-dict entry
         if key not in traced:  # the first act with this many envs (and dtype): trace it (~0.1 s)
             traced[key] = _trace(self._no_start_ops, self.backbone, (obs, rtg, prev, t, *bstate))
