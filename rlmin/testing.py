@@ -134,3 +134,7 @@ def check_agent(cls, options=None) -> None:
     clone.load_state_dict(agent.state_dict())
     assert np.allclose(_act_episode(clone.eval()), first), \
         "an agent rebuilt from its options and state dict acts differently"
+    deployed = clone.for_deployment()
+    assert deployed is clone, "for_deployment must return the agent itself"
+    assert np.allclose(_act_episode(deployed), first) and \
+        np.allclose(_act_episode(deployed, done_at=3), reset), "for_deployment changed how the agent acts"
