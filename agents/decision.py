@@ -249,9 +249,9 @@ class DecisionAgent(Agent):
     #: chunked forward equals stepping: the same result to float round-off, a third of the calls);
     #: "step": one ``backbone.step`` per token, the plain reference (and what the ONNX graph holds);
     #: "compiled": the "step" code through ``torch.compile`` (see ``compile_acting``);
-    #: "traced": "chunk" with the backbone's forward of a step's three tokens run as a TorchScript
-    #: trace of plain ops (per number of envs; weights read live): ~1.5x "chunk" on a CPU, where a
-    #: step is small ops' dispatch. What ``Policy.load`` acts with.
+    #: "traced": "chunk", with a step in which no row starts (the tokens and the backbone) run as
+    #: a TorchScript trace of plain ops (one per n_envs; weights read live): ~1.5x "chunk" on a
+    #: CPU, where a step is small ops' dispatch. What ``Policy.load`` acts with.
     carry_impl: str = "chunk"
     CARRY_IMPLS = ("chunk", "step", "compiled", "traced")
 
