@@ -263,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint in its environment")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or an exported policy in its environment")
+    p.add_argument("checkpoint", help="a checkpoint, a run dir (its latest checkpoint), or an exported "
+                                      "policy: policy.pt, or policy.onnx (run by ONNX Runtime)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--mode", default=None, help="acting mode, one of the agent's (e.g. carry, window)")
     p.add_argument("--targets", type=float, nargs="+", default=None)

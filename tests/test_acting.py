@@ -308,3 +308,7 @@ def test_eval_of_the_onnx_file_replays_the_checkpoints_episodes(tmp_path, capsys
     assert cli.main(["eval", str(onnx_path), "--mode", "window", "--episodes", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "carry mode only" in err
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    assert cli.main(["eval", str(tmp_path / "broken.onnx"), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a loadable ONNX model" in err
