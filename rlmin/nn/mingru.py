@@ -7,7 +7,7 @@
 The gate depends on the input only, so the recurrence is the linear scan
 h_t = a_t * h_{t-1} + b_t with a_t = 1 - z_t, b_t = z_t * g(h~_t), solved in parallel over time.
 
-Three parallel paths, the same result to float tolerance (the fused kernels are in :mod:`rlmin.nn.fused`):
+Four parallel paths, the same result to float tolerance (the fused kernels are in :mod:`rlmin.nn.fused`):
 
 * ``scan_impl="log"``: the paper's log-space form, log(1 - z) = -softplus(k), log z = -softplus(-k),
   log g as in :func:`log_g`, solved by :func:`rlmin.nn.scan.scan_log_h0` (h0 is carried in linear
@@ -17,8 +17,8 @@ Three parallel paths, the same result to float tolerance (the fused kernels are 
   large float32 inputs, :func:`rlmin.nn.fused.cpu_linear`), then gates, g and the sequential scan run in
   one autograd Function with a hand-written backward (:func:`rlmin.nn.fused.layer_scan`).
 * ``"reference"``: plain torch ops end to end (``nn.Linear``, the gates as ``step`` writes them, the
-  loop of :func:`rlmin.nn.scan.scan_reference`): the judge of the other paths, and the code an ONNX
-  export traces (the fused paths are opaque autograd Functions).
+  loop of :func:`rlmin.nn.scan.scan_reference`): the judge of the other paths, and what the traced
+  acting path records (the fused paths are opaque autograd Functions to a tracer).
 * anything else (``"triton"``, CUDA, autocast, a model cast to bf16): a and b in linear
   space, computed stably (``a = sigmoid(-k)``, not ``1 - sigmoid(k)``) by
   :func:`rlmin.nn.fused.scan_coefficients`, solved by :func:`rlmin.nn.scan.scan`.

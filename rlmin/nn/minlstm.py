@@ -13,7 +13,7 @@ i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 
   :func:`rlmin.nn.fused.layer_scan` (gates, g and scan in one Function, d = logsigmoid(i~) - logsigmoid(f~)),
   after the Linear as one GEMM (oneDNN for large float32 inputs).
 * ``"reference"``: plain torch ops end to end (``nn.Linear``, the gates as ``step`` writes them,
-  :func:`rlmin.nn.scan.scan_reference`): the judge, and what an ONNX export traces.
+  :func:`rlmin.nn.scan.scan_reference`): the judge, and what the traced acting path records.
 * anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.fused.scan_coefficients`,
   fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
