@@ -414,11 +414,19 @@ class DecisionAgent(Agent):
         """
         if not bool(first.any()):  # every step but an episode's first
             return self._no_start(obs, rtg, prev, t, bstate)
+        if self.token_layout == "stacked":
+            return self.carry_steps(obs, rtg, prev, t, first, bstate)
+        if bool(first.all()):
+            return self.backbone(self.step_tokens(obs, rtg, prev, t)[:, 1:], bstate, last=True)
+        return self.carry_forward(obs, rtg, prev, t, first, bstate)
+
+    def carry_forward(self, obs, rtg, prev, t, first, bstate):
+        """Carry with one ``backbone.forward`` of the step's tokens for any mix of rows, free of
+        data-dependent branches (the ONNX graph): rows on their first step shift to (R_t, s_t, -)
+        with length 2. The same inputs and outputs as ``carry_steps``."""
         if self.token_layout == "stacked":  # one token a step: nothing to shift
             return self.carry_steps(obs, rtg, prev, t, first, bstate)
         x = self.step_tokens(obs, rtg, prev, t)
-        if bool(first.all()):
-            return self.backbone(x[:, 1:], bstate, last=True)
         x = torch.where(first[:, None, None], x.roll(-1, dims=1), x)
         return self.backbone(x, bstate, lengths=3 - first.long(), last=True)
 

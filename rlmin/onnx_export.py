@@ -15,8 +15,11 @@ The graph is ONE carry step for n envs (n is a dynamic axis), all float32 but ``
 * outputs: ``action`` [n, act_dim], then the new state ``next.rtg``, ``next.t``,
   ``next.backbone.0``, ... (``target`` does not change; the next ``prev_action`` is ``action``).
 
-It is traced from ``DecisionAgent.carry_steps``, the same branch-free code the torch agent runs
-with ``carry_impl = "step"``, so the graph and the agent compute one function. The metadata a
+It is traced from ``DecisionAgent.carry_forward``: the step's three tokens in one backbone forward
+(rows on their first step shifted, length 2), the branch-free form of what the torch agent runs, with
+the minRNN scans on their plain-op reference path (``reference_scans``), so the graph and the agent
+compute one function. One forward, not three ``step`` calls: a third of the Gemm nodes (each on
+three times the rows), and the last block computes only the row it returns. The metadata a
 policy needs (format, the agent record, the eval spec with env id, target returns and reference
 scores, the state's names, shapes and dtypes) is JSON in the model's ``metadata_props["rlmin"]``:
 the .onnx file is the whole deployment. A transformer (or any agent acting in ``window`` mode)
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 
 from rlmin.checkpoint import CheckpointError
-from rlmin.nn import reset_rows
+from rlmin.nn import reference_scans, reset_rows
 from rlmin.policy import agent_from_payload, check_output_file, load_payload
 
 FORMAT = "rlmin-onnx-policy-v1"
@@ -66,7 +69,7 @@ class CarryStep(nn.Module):
         rtg = torch.where(first, target, rtg - reward)  # a row's first R is its target (as reset gives)
         prev = torch.where(first[:, None], 0.0, prev_action)
         bstate = reset_rows(bstate, done, tuple(getattr(self, f"fresh_{i}") for i in range(self.n_fresh)))
-        y, bstate = agent.carry_steps(agent.normalize(obs), rtg, prev, t, first, bstate)
+        y, bstate = agent.carry_forward(agent.normalize(obs), rtg, prev, t, first, bstate)
         return (agent.head(y), rtg, t + 1, *bstate)
 
 
@@ -119,7 +122,7 @@ def onnx_bytes(agent, metadata: dict | None = None) -> bytes:
     inputs = [*INPUTS, *(s["name"] for s in layout)]
     outputs = ["action", *(f"next.{k}" for k in (*UPDATED_STATE, *agent.backbone_state_keys))]
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), reference_scans(agent.backbone):
         # The TorchScript exporter: it traces plain ops with no extra dependency (the dynamo
         # exporter needs onnxscript). Its deprecation and tracer warnings say nothing about this graph.
         warnings.simplefilter("ignore")

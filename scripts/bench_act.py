@@ -134,14 +134,14 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool,
         if compile_:
             out.append({"name": f"{backbone} compiled", "make": torch_policy(pt, "compiled")})
         if device == "cpu":  # the ONNX policy runs on ONNX Runtime's CPU provider
-            out += [{"name": f"{backbone} onnx", "make": onnx_policy(onnx)},
-                    {"name": f"{backbone} onnx int8", "make": onnx_policy(int8)}]
+            out += [{"name": f"{backbone} onnx", "make": onnx_policy(onnx), "flops_as": f"{backbone} chunk"},
+                    {"name": f"{backbone} onnx int8", "make": onnx_policy(int8), "flops_as": f"{backbone} chunk"}]
     pt, onnx, int8 = exported("mingru", d, "stacked")
     out += [{"name": "mingru stacked chunk", "make": torch_policy(pt, "chunk")},
             {"name": "mingru stacked traced", "make": torch_policy(pt)}]
     if device == "cpu":
-        out += [{"name": "mingru stacked onnx", "make": onnx_policy(onnx)},
-                {"name": "mingru stacked onnx int8", "make": onnx_policy(int8)}]
+        out += [{"name": "mingru stacked onnx", "make": onnx_policy(onnx), "flops_as": "mingru stacked chunk"},
+                {"name": "mingru stacked onnx int8", "make": onnx_policy(int8), "flops_as": "mingru stacked chunk"}]
     gru_width = matched_width("gru", layers, params(build_agent("mingru", d, layers)))
     pt, _, _ = exported("gru", gru_width)
     out += [{"name": "gru chunk", "make": torch_policy(pt, "chunk"), "d_model": gru_width},
@@ -167,7 +167,13 @@ def bench(model: str, n_envs: int, entries: list[dict], t_start: int, rounds: in
         first_call = time.perf_counter() - start
         for t in range(1, t_start):  # advance the episode to t_start
             policy.act(obs[t], rewards[t - 1])
-        live.append({"entry": entry, "policy": policy, "t": t_start, "times": [], "first_call_s": first_call})
+        live.append({"entry": entry, "policy": policy, "t": t_start, "times": [], "first_call_s": first_call,
+                     "gflop": gflop_per_call(policy, obs[t_start], rewards[t_start - 1])})
+    by_name = {c["entry"]["name"]: c for c in live}
+    for c in live:  # an ONNX graph runs the matmuls of its model's eager chunk step
+        same = c["entry"].get("flops_as")
+        if c["gflop"] is None and same in by_name:
+            c["gflop"] = by_name[same]["gflop"]
     for _ in range(rounds):  # take turns: a change of machine load hits every contestant alike
         for c in live:
             for _ in range(calls):
@@ -183,11 +189,36 @@ def bench(model: str, n_envs: int, entries: list[dict], t_start: int, rounds: in
                      "n_layers": MODELS[model][1], "n_envs": n_envs, "contestant": c["entry"]["name"],
                      "t_start": t_start, "calls": len(times),
                      "ms_per_step": 1e3 * statistics.median(times), "ms_per_step_min": 1e3 * min(times),
-                     "ms_per_step_mean": 1e3 * statistics.mean(times), "first_call_s": c["first_call_s"]})
-    ref = next(r["ms_per_step"] for r in rows if r["contestant"] == "transformer window")
+                     "ms_per_step_mean": 1e3 * statistics.mean(times), "first_call_s": c["first_call_s"],
+                     "gflop_per_step": c["gflop"],
+                     "gflops": None if c["gflop"] is None else c["gflop"] / statistics.median(times)})
+    ref = next(r for r in rows if r["contestant"] == "transformer window")
     for r in rows:
-        r["x_dt_window"] = ref / r["ms_per_step"]
+        r["x_dt_window"] = ref["ms_per_step"] / r["ms_per_step"]
+        # the speedup if both ran their matmuls at the same FLOP rate: what arithmetic allows
+        r["flop_ratio_dt"] = None if r["gflop_per_step"] is None else ref["gflop_per_step"] / r["gflop_per_step"]
     return rows
+
+
+def gflop_per_call(policy, obs, reward) -> float | None:
+    """GFLOP of one act call (matmuls, convs, attention: torch's FlopCounterMode), counted on the
+    eager chunk step for a traced or compiled policy (a trace hides its ops; the arithmetic is the
+    same). None for an ONNX policy (its row takes its model's chunk count: ``flops_as``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    agent = getattr(policy, "agent", None)
+    if agent is None:
+        return None
+    impl = getattr(agent, "carry_impl", None)
+    if impl in ("traced", "compiled"):
+        agent.carry_impl = "chunk"
+    try:
+        with FlopCounterMode(display=False) as counter:
+            agent.act(obs, reward, policy.state)  # the input state is left alone
+    finally:
+        if impl is not None:
+            agent.carry_impl = impl
+    return counter.get_total_flops() / 1e9
 
 
 def goals(rows: list[dict]) -> list[dict]:
@@ -200,7 +231,7 @@ def goals(rows: list[dict]) -> list[dict]:
         if r:
             out.append({"goal": f"exported {bb} (Policy.load: traced), DT widths, 16 envs: >= {GOAL_SPEEDUP:g}x "
                         "the DT window per step", "value": r["x_dt_window"], "target": GOAL_SPEEDUP,
-                        "met": r["x_dt_window"] >= GOAL_SPEEDUP})
+                        "met": r["x_dt_window"] >= GOAL_SPEEDUP, "flop_ratio": r["flop_ratio_dt"]})
             for gru_name in ("gru traced", "gru chunk"):  # nn.GRU as Policy.load runs it, and eager
                 gru = row("dt", 16, gru_name)
                 if gru:
@@ -212,7 +243,7 @@ def goals(rows: list[dict]) -> list[dict]:
             if r:
                 out.append({"goal": f"{name} policy, DT widths, 16 envs: >= {GOAL_ONNX_SPEEDUP:g}x the DT window",
                             "value": r["x_dt_window"], "target": GOAL_ONNX_SPEEDUP,
-                            "met": r["x_dt_window"] >= GOAL_ONNX_SPEEDUP})
+                            "met": r["x_dt_window"] >= GOAL_ONNX_SPEEDUP, "flop_ratio": r["flop_ratio_dt"]})
     for name in ("mingru traced", "mingru compiled", "mingru onnx", "mingru onnx int8"):
         r = row("quickstart", 1, name)
         if r:
@@ -265,10 +296,14 @@ def main(argv=None) -> dict:
                           f"(min {r['ms_per_step_min']:.3f})  {r['x_dt_window']:6.1f}x DT", flush=True)
     load_after = os.getloadavg()
 
-    print("\n| model | envs | policy | ms/step | min | x DT window |\n|---|---:|---|---:|---:|---:|")
+    print("\n| model | envs | policy | ms/step | min | x DT window | MFLOP/step | GFLOP/s | FLOP ratio to DT |"
+          "\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
+        mflop = None if r["gflop_per_step"] is None else 1e3 * r["gflop_per_step"]
         print(f"| {r['model']} ({r['d_model']}x{r['n_layers']}) | {r['n_envs']} | {r['contestant']} | "
-              f"{r['ms_per_step']:.3f} | {r['ms_per_step_min']:.3f} | {r['x_dt_window']:.1f}x |")
+              f"{r['ms_per_step']:.3f} | {r['ms_per_step_min']:.3f} | {r['x_dt_window']:.1f}x | "
+              f"{num(mflop, '.1f')} | {num(r['gflops'], '.1f')} | {num(r['flop_ratio_dt'], '.1f')}x |")
     compile_s = {f"{r['model']} {r['n_envs']} envs {r['contestant']}": r["first_call_s"]
                  for r in rows if r["contestant"].endswith("compiled")}
     if compile_s:
@@ -276,7 +311,8 @@ def main(argv=None) -> dict:
     checks = goals(rows)
     print()
     for g in checks:
-        print(f"{'MET    ' if g['met'] else 'NOT MET'}  {g['goal']}: {g['value']:.3g} (target {g['target']:.3g})")
+        bound = f"; FLOP ratio {g['flop_ratio']:.1f}x" if g.get("flop_ratio") else ""
+        print(f"{'MET    ' if g['met'] else 'NOT MET'}  {g['goal']}: {g['value']:.3g} (target {g['target']:.3g}{bound})")
     if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs: "
               "other jobs share this machine, so the numbers are only indicative")

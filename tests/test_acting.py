@@ -180,8 +180,11 @@ def exported(tmp_path_factory):
     """{name: (torch Policy, ONNX policy, onnx path)} for each exported agent."""
     root = tmp_path_factory.mktemp("onnx")
     agents = {"mingru": make_agent("mingru"), "minlstm": make_agent("minlstm"),
+              "gru": make_agent("gru"), "lstm": make_agent("lstm"),
               "mingru-conv-h0-stacked": make_agent("mingru", token_layout="stacked",
-                                                   backbone_options={"conv_kernel": 3, "learn_h0": True})}
+                                                   backbone_options={"conv_kernel": 3, "learn_h0": True}),
+              "minlstm-conv-h0-official": make_agent("minlstm", backbone_options={
+                  "conv_kernel": 3, "conv_layout": "official", "learn_h0": True})}
     out = {}
     for name, agent in agents.items():
         ckpt = save_checkpoint(agent, root / f"{name}.pt")
@@ -192,7 +195,7 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n_envs", [1, 4])
-@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("name", ["mingru", "minlstm", "gru", "lstm"])
 def test_onnx_policy_equals_torch_policy_over_1000_steps(exported, name, n_envs):
     torch_policy, onnx_policy, _ = exported[name]
     expected = run_policy(torch_policy, n_envs, 1000, seed=n_envs)
@@ -203,8 +206,11 @@ def test_onnx_policy_equals_torch_policy_over_1000_steps(exported, name, n_envs)
     np.testing.assert_allclose(onnx_policy.state["rtg"], torch_policy.state["rtg"].numpy(), atol=1e-3)
 
 
-def test_onnx_policy_carries_conv_cache_and_learned_h0(exported):
-    torch_policy, onnx_policy, _ = exported["mingru-conv-h0-stacked"]
+@pytest.mark.parametrize("name", ["mingru-conv-h0-stacked", "minlstm-conv-h0-official"])
+def test_onnx_policy_carries_conv_cache_and_learned_h0(exported, name):
+    """The interleaved graph shifts first rows' tokens with length 2: the conv cache must come from
+    the right positions (a cache taken at T - 1 fails after every done)."""
+    torch_policy, onnx_policy, _ = exported[name]
     np.testing.assert_allclose(run_policy(onnx_policy, 3, 200), run_policy(torch_policy, 3, 200),
                                rtol=0, atol=1e-5)
 

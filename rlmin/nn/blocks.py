@@ -102,7 +102,7 @@ class CausalDepthwiseConv(nn.Module):
             return y, full[:, full.shape[1] - (self.kernel - 1):]
         # after L steps the cache is full[L : L + k - 1] (the cache itself for L = 0)
         idx = lengths[:, None] + torch.arange(self.kernel - 1, device=x.device)[None]
-        return y, torch.take_along_dim(full, idx[..., None], dim=1)
+        return y, full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1]))  # gather: an ONNX op
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         window = torch.cat([cache, x.unsqueeze(1)], dim=1)  # [B, k, d]
@@ -138,7 +138,7 @@ class MinRNNBlock(nn.Module):
             u, conv_cache = self.conv(u, conv_cache, lengths)
         h, h_last = self.rnn(u, h0, lengths)
         if read is not None:
-            x, h = torch.take_along_dim(x, read, dim=1), torch.take_along_dim(h, read, dim=1)
+            x, h = (v.gather(1, read.expand(-1, -1, v.shape[-1])) for v in (x, h))  # gather: an ONNX op
         x = x + self.drop(self.proj(h))
         x = x + self.mlp(self.norm2(x))
         return x, h_last, conv_cache

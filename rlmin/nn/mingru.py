@@ -100,7 +100,8 @@ def g(x: torch.Tensor) -> torch.Tensor:
 def state_at(h: torch.Tensor, h0: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
     """h[b, lengths[b] - 1] per row of h [B, T, H]; h0 (None: zeros) where lengths[b] == 0."""
     check_lengths(lengths, *h.shape[:2])
-    last = h[torch.arange(h.shape[0], device=h.device), (lengths - 1).clamp(min=0)]
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+    last = h.gather(1, index)[:, 0]  # not h[arange(B), index]: one node in an ONNX graph, not ten
     start = torch.zeros_like(last) if h0 is None else h0.to(last.dtype)
     return torch.where((lengths > 0)[:, None], last, start)
 
