@@ -72,7 +72,26 @@ def read_results(path, planned: dict | None = None) -> dict:
         "behaviour_normalized": ds.get("behaviour_normalized"),
         "eval_episodes": (res.get("last_iterate") or {}).get("episodes"), "commands": commands,
         "settings": {k: v for k, v in _flat(cfg).items() if k not in BOOKKEEPING},
+        "other_modes": _other_modes(run_dir, res),
     }
+
+
+def _other_modes(run_dir: Path, res: dict) -> dict[str, dict[str, float]]:
+    """{act_mode: {target key: normalised}} from ``rlmin eval RUN --mode M`` files (eval/*.eval.json)
+    of the run's final checkpoint in another acting mode than the run's own, with the last
+    iterate's episode seed and count: the same checkpoint playing the same episodes."""
+    last, out = res.get("last_iterate") or {}, {}
+    for path in sorted((run_dir / "eval").glob("*.eval.json")):
+        try:
+            ev = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        mode = (ev.get("agent") or {}).get("act_mode")
+        same = ((ev.get("checkpoint") or {}).get("step") == res.get("step")
+                and ev.get("seed") == last.get("seed") and ev.get("episodes") == last.get("episodes"))
+        if mode and mode != res.get("act_mode") and same:
+            out[mode] = {k: t.get("normalized_mean") for k, t in (ev.get("targets") or {}).items()}
+    return out
 
 
 def _best(res: dict, key: str) -> float | None:
@@ -195,7 +214,12 @@ def dataset_rows(records: Sequence[dict], n_resamples: int | None = None,
             "published": [asdict(p) for p in published.get((first["task"], first["level"]), [])],
             "ref": {"min": first["ref_min"], "max": first["ref_max"], "source": first["ref_source"]},
             "behaviour_normalized": first["behaviour_normalized"], "warnings": [],
+            "other_modes": {},  # {mode: summary} where every run was also evaluated in that mode
         }
+        for mode in sorted({m for r in recs for m in r["other_modes"]}):
+            values = [r["other_modes"].get(mode, {}).get(gkey[3]) for r in recs]
+            if None not in values:
+                row["other_modes"][mode] = stats.summarize(values, **kw)
         if len(set(row["seeds"])) != len(row["seeds"]):
             row["warnings"].append(f"repeated seeds {row['seeds']}: runs from different grids mixed?")
         if len({(r["ref_min"], r["ref_max"]) for r in recs}) > 1:
@@ -211,19 +235,32 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
     from rlmin import stats
 
     groups: dict[tuple, dict[str, list[float]]] = {}
+    paired: dict[tuple, list[float]] = {}  # own mode minus the other, per run with both
     for rec in sorted(records, key=_dataset_order):
-        first = next(iter(rec["targets"].values()), {}).get("normalized")
-        if first is not None:
-            per = groups.setdefault((rec["label"], rec["steps"]), {})
-            per.setdefault(rec["dataset_id"], []).append(first)
+        key, first = next(iter(rec["targets"].items()), (None, {}))
+        first = first.get("normalized")
+        if first is None:
+            continue
+        groups.setdefault((rec["label"], rec["steps"], None), {}).setdefault(rec["dataset_id"], []).append(first)
+        for mode, scores in rec["other_modes"].items():  # the same checkpoint acting another way
+            if scores.get(key) is not None:
+                group = (rec["label"], rec["steps"], mode)
+                groups.setdefault(group, {}).setdefault(rec["dataset_id"], []).append(scores[key])
+                paired.setdefault(group, []).append(first - scores[key])
     rows = []
-    for (label, steps), per in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)):
+    for (label, steps, mode), per in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")):
         pooled = [v for values in per.values() for v in values]
         low, high = stats.stratified_bootstrap_ci(list(per.values()), "iqm",
                                                   **_stats_kw(n_resamples, seed))
-        rows.append({"label": label, "steps": steps, "n": len(pooled), "datasets": list(per),
-                     "iqm": stats.iqm(pooled), "ci_low": low, "ci_high": high,
-                     "mean": sum(pooled) / len(pooled)})
+        row = {"label": label if mode is None else f"{label}, {mode} acting (same checkpoints)",
+               "steps": steps, "n": len(pooled), "datasets": list(per), "iqm": stats.iqm(pooled),
+               "ci_low": low, "ci_high": high, "mean": sum(pooled) / len(pooled), "mode": mode}
+        if mode is not None:
+            diffs = paired[(label, steps, mode)]
+            row["own_minus_this"] = {"n": len(diffs), "mean": sum(diffs) / len(diffs),
+                                     "own_higher": sum(d > 0 for d in diffs),
+                                     "own_lower": sum(d < 0 for d in diffs)}
+        rows.append(row)
     return rows
 
 
@@ -303,10 +340,13 @@ def _published_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
 
 def format_agent_table(agents: Sequence[dict]) -> str:
     lines = ["| agent | steps | runs | datasets | **IQM, normalised, last iterate** (first target) "
-             "| 95% CI (stratified bootstrap) | mean |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| 95% CI (stratified bootstrap) | mean | the run's own mode minus this one, per run "
+             "(mean; own higher / lower) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a in agents:
+        d = a.get("own_minus_this")
+        paired = f"{d['mean']:+.1f} ({d['own_higher']} / {d['own_lower']} of {d['n']})" if d else "—"
         lines.append(f"| {a['label']} | {a['steps']} | {a['n']} | {len(a['datasets'])} | "
-                     f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} |")
+                     f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} | {paired} |")
     return "\n".join(lines)
 
 
@@ -314,16 +354,18 @@ def format_table(rows: Sequence[dict]) -> str:
     published = _published_columns(rows)
     head = ("| dataset (Minari) | agent | target | steps | seeds | **normalised, last iterate** "
             "(mean ± std) | 95% CI of mean (bootstrap) | raw return, last iterate (mean ± std) "
-            "| best during training (normalised; optimistic, not the headline) |"
+            "| best during training (normalised; optimistic, not the headline) "
+            "| another acting mode, same checkpoints and episodes (normalised, mean ± std) |"
             + "".join(f" {m} paper ({b}, not comparable) |" for m, b in published))
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(published)]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(published)]
     for r in rows:
         n = r["normalized"]
         scores = {(p["method"], p["benchmark"]): p["score"] for p in r["published"]}
         lines.append(
             f"| {r['dataset']} | {r['label']} | {r['target_key']} | {r['steps']} | {r['n']} | "
             f"{_pm(n, 1)} | {_ci(n['ci_low'], n['ci_high']) if n else '—'} | {_pm(r['raw'], 0)} | "
-            f"{_pm(r['best_normalized'], 1)} |"
+            f"{_pm(r['best_normalized'], 1)} | "
+            f"{'; '.join(f'{m} {_pm(v, 1)}' for m, v in r['other_modes'].items()) or '—'} |"
             + "".join(f" {_cell(scores.get(c))} |" for c in published))
     return "\n".join(lines)
 
@@ -360,7 +402,11 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "`trim_mean(x, 0.25)` drops whole runs; the two agree when the number of runs is a "
         "multiple of 4). Best during training: for each run the highest evaluation of that target "
         "during training (the final one included), then mean ± std over seeds; it picks the best "
-        "of several noisy evaluations, so it is optimistic, and is never the headline.", "",
+        "of several noisy evaluations, so it is optimistic, and is never the headline. Another "
+        "acting mode: `rlmin eval RUN --mode window` (or carry) of a run's final checkpoint with "
+        "the last iterate's episode seed and count, so both modes play the same episodes; its "
+        "agent rows pool those evaluations, and the last column is the per-run difference "
+        "(the run's own mode minus the other) at the first target.", "",
         "## Per agent", "", format_agent_table(agents), "",
         "## Per dataset", "", format_table(rows), "",
     ]

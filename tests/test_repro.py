@@ -300,7 +300,7 @@ def test_report_tables_statistics_and_pngs(grid_dir):
     assert "DT paper (D4RL-v2, not comparable)" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| mujoco/hopper/medium-v0 | mingru | 3600"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "67.6"]
+    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "—", "67.6"]
     assert re.fullmatch(r"\[\d+\.\d, \d+\.\d\]", cells[6])
     line = next(ln for ln in md.splitlines() if ln.startswith("| mingru | 1500"))
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -331,6 +331,40 @@ def test_agent_iqm_pools_datasets_with_a_stratified_ci(tmp_path):
     rows = report.dataset_rows(records, n_resamples=200)
     assert [(r["level"], r["published"][0]["score"]) for r in rows] == [
         ("medium", 67.6), ("medium-replay", 82.7)]
+
+
+def test_window_evaluations_of_the_final_checkpoints_are_reported_beside_carry(tmp_path):
+    """`rlmin eval RUN --mode window` files count only for the run's final checkpoint with the last
+    iterate's episodes; they get their own agent row and a paired carry - window difference."""
+    root = tmp_path / "g"
+    for seed, (carry, window) in enumerate([(50.0, 40.0), (60.0, 65.0), (70.0, 55.0)]):
+        res = fake_results("mingru", seed, {3600: carry})
+        res["act_mode"] = "carry"
+        res["last_iterate"].update(seed=10000, episodes=10)
+        run = root / f"s{seed}"
+        write_run(run, res, losses=())
+        (run / "eval").mkdir()
+
+        def ev(name, score, step=1500, episodes=10, mode="window"):
+            (run / "eval" / name).write_text(json.dumps({
+                "seed": 10000, "episodes": episodes, "agent": {"act_mode": mode},
+                "checkpoint": {"step": step}, "targets": {"3600": {"normalized_mean": score}}}))
+        ev("latest.window.seed10000.ep10.eval.json", window)
+        ev("step_500.window.seed10000.ep10.eval.json", -100.0, step=500)  # not the final checkpoint
+        ev("latest.window.seed10000.ep3.eval.json", -100.0, episodes=3)  # other episodes
+        ev("latest.carry.seed10000.ep10.eval.json", -100.0, mode="carry")  # the run's own mode
+    records = report.collect(root)
+    own, window = report.agent_rows(records, n_resamples=200)
+    assert own["label"] == "mingru" and own["iqm"] == pytest.approx(60.0)
+    assert window["label"] == "mingru, window acting (same checkpoints)" and window["n"] == 3
+    assert window["mean"] == pytest.approx(160.0 / 3)
+    assert window["own_minus_this"] == {"n": 3, "mean": pytest.approx(20.0 / 3), "own_higher": 2,
+                                        "own_lower": 1}
+    (row,) = report.dataset_rows(records, n_resamples=200)
+    assert row["other_modes"]["window"]["values"] == [40.0, 65.0, 55.0]
+    table = report.format_agent_table([own, window])
+    assert "+6.7 (2 / 1 of 3)" in table
+    assert "window 53.3 ± 12.6" in report.format_table([row])
 
 
 def test_runs_whose_resolved_datasets_differ_are_never_averaged(tmp_path):
