@@ -241,14 +241,16 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
         first = first.get("normalized")
         if first is None:
             continue
-        groups.setdefault((rec["label"], rec["steps"], None), {}).setdefault(rec["dataset_id"], []).append(first)
+        own = groups.setdefault((rec["label"], rec["steps"], None), {})
+        own.setdefault(rec["dataset_id"], []).append(first)
         for mode, scores in rec["other_modes"].items():  # the same checkpoint acting another way
             if scores.get(key) is not None:
                 group = (rec["label"], rec["steps"], mode)
                 groups.setdefault(group, {}).setdefault(rec["dataset_id"], []).append(scores[key])
                 paired.setdefault(group, []).append(first - scores[key])
     rows = []
-    for (label, steps, mode), per in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")):
+    order = lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")  # noqa: E731 (label, steps, own mode first)
+    for (label, steps, mode), per in sorted(groups.items(), key=order):
         pooled = [v for values in per.values() for v in values]
         low, high = stats.stratified_bootstrap_ci(list(per.values()), "iqm",
                                                   **_stats_kw(n_resamples, seed))
