@@ -13,6 +13,8 @@ only in its own labelled column. Runs are averaged only when they share the reso
 ``rlmin/hopper/medium-v0`` on another), the label, the training length and every config value
 that sets runs of one dataset apart. Scores published on other benchmarks (the DT paper's
 D4RL-v2 numbers, from the task registry) sit in their own columns, labelled with their benchmark.
+A run's final checkpoint evaluated in another acting mode (``rlmin eval RUN --mode window``, same
+episodes) gets a column per dataset and agent rows of its own, with the paired per-run difference.
 """
 from __future__ import annotations
 
@@ -231,7 +233,9 @@ def dataset_rows(records: Sequence[dict], n_resamples: int | None = None,
 def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
                seed: int | None = None) -> list[dict]:
     """Per (label, training steps): the IQM over all runs of the last-iterate normalised score at
-    each run's first target, with a stratified-bootstrap CI (strata: the datasets)."""
+    each run's first target, with a stratified-bootstrap CI (strata: the datasets); then, per other
+    acting mode some runs were evaluated in, the same over those evaluations, with the per-run
+    difference (own mode minus that one) in ``own_minus_this``."""
     from rlmin import stats
 
     groups: dict[tuple, dict[str, list[float]]] = {}
