@@ -393,9 +393,9 @@ class DecisionAgent(Agent):
         return self._finish(x)
 
     def carry_steps(self, obs, rtg, prev, t, first, bstate):
-        """Carry, one ``backbone.step`` per token: the reference, free of data-dependent branches (so
-        it traces into the ONNX graph). obs normalised, prev zero on first rows; returns (the output
-        that predicts a_t [n, d], the new backbone state)."""
+        """Carry, one ``backbone.step`` per token: the reference, free of data-dependent branches.
+        obs normalised, prev zero on first rows; returns (the output that predicts a_t [n, d], the
+        new backbone state)."""
         if self.token_layout == "stacked":
             x = self._emb_return(rtg) + self.embed_state(obs) + self.embed_action(prev) + self._time(t)
             return self.backbone.step(self._finish(x), bstate)

@@ -83,7 +83,7 @@ def state_layout(agent) -> list[dict]:
 
 def check_exportable(agent) -> None:
     """ValueError, in one line, unless the agent acts by a carried state (a graph of one step)."""
-    if getattr(agent, "act_mode", None) != "carry" or not hasattr(agent, "carry_steps"):
+    if getattr(agent, "act_mode", None) != "carry" or not hasattr(agent, "carry_forward"):
         what = getattr(getattr(agent, "options", None), "backbone", type(agent).__name__)
         raise ValueError(f"ONNX export needs a decision agent acting in carry mode; this one ({what}, "
                          f"act_mode {getattr(agent, 'act_mode', None)!r}) re-runs a K-step window "
