@@ -27,7 +27,9 @@ checkpoint of a freshly built agent (no training: latency does not depend on the
 At 1 and 16 envs (``--envs``). Each policy is advanced to t = ``--t`` (300) with random
 observations and rewards, then the contestants take turns: ``--rounds`` rounds of ``--calls``
 timed ``act`` calls each, so a load change hits all alike. One call = one step of every env;
-the table gives the median ms per call (and the minimum). Torch and ONNX Runtime run with
+the table gives the median ms per call (and the minimum), the FLOPs of one call (torch's
+``FlopCounterMode``; an ONNX row takes its model's eager chunk count), the GFLOP/s achieved, and the
+FLOP ratio to the DT window: the speed-up the arithmetic allows at equal efficiency. Torch and ONNX Runtime run with
 ``--threads`` threads (1). The JSON (``--out``) holds every row, the machine, the load average
 before and after, the compile times, and the issue's goals marked met or not.
 """
@@ -303,7 +305,7 @@ def main(argv=None) -> dict:
         mflop = None if r["gflop_per_step"] is None else 1e3 * r["gflop_per_step"]
         print(f"| {r['model']} ({r['d_model']}x{r['n_layers']}) | {r['n_envs']} | {r['contestant']} | "
               f"{r['ms_per_step']:.3f} | {r['ms_per_step_min']:.3f} | {r['x_dt_window']:.1f}x | "
-              f"{num(mflop, '.1f')} | {num(r['gflops'], '.1f')} | {num(r['flop_ratio_dt'], '.1f')}x |")
+              f"{num(mflop, '.1f')} | {num(r['gflops'], '.1f')} | {num(r['flop_ratio_dt'], '.1f')} |")
     compile_s = {f"{r['model']} {r['n_envs']} envs {r['contestant']}": r["first_call_s"]
                  for r in rows if r["contestant"].endswith("compiled")}
     if compile_s:
