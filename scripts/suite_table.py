@@ -33,7 +33,7 @@ def cell(row: dict | None) -> str:
         return "–"
     s = row["normalized"]
     text = f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s.get("std") is not None else "")
-    for mode, other in sorted((row.get("other_modes") or {}).items()):
+    for _, other in sorted((row.get("other_modes") or {}).items()):
         text += f" / {other['mean']:.1f}"
     return text
 
@@ -52,8 +52,8 @@ def table(report: dict) -> str:
     for d in datasets:
         some = next(r for (dd, _), r in rows.items() if dd == d)
         behaviour = some.get("behaviour_normalized")
-        above = [label for label in labels if (d, label) in rows and behaviour is not None
-                 and rows[(d, label)]["normalized"]["mean"] > behaviour]
+        above = [label for label in labels if behaviour is not None
+                 and ((rows.get((d, label)) or {}).get("normalized") or {}).get("mean", -1e9) > behaviour]
         lines.append(f"| {d} | {some['target_key']} | "
                      f"{'–' if behaviour is None else f'{behaviour:.1f}'} | "
                      + " | ".join(cell(rows.get((d, label))) for label in labels)
