@@ -12,7 +12,7 @@ only in its own labelled column. Runs are averaged only when they share the reso
 (``hopper-medium`` may resolve to ``mujoco/hopper/medium-v0`` on one machine and to
 ``rlmin/hopper/medium-v0`` on another), the label, the training length and every config value
 that sets runs of one dataset apart. Scores published on other benchmarks (the DT paper's
-D4RL-v2 numbers, from the task registry) sit in their own columns, labelled with their benchmark.
+D4RL-v2 numbers, from the task registry) get their own table, never a column beside ours.
 A run's final checkpoint evaluated in another acting mode (``rlmin eval RUN --mode window``, same
 episodes) gets a column per dataset and agent rows of its own, with the paired per-run difference.
 """
@@ -75,7 +75,21 @@ def read_results(path, planned: dict | None = None) -> dict:
         "eval_episodes": (res.get("last_iterate") or {}).get("episodes"), "commands": commands,
         "settings": {k: v for k, v in _flat(cfg).items() if k not in BOOKKEEPING},
         "other_modes": _other_modes(run_dir, res),
+        "eval_curves": _eval_curves(res),
     }
+
+
+def _eval_curves(res: dict) -> dict[str, tuple[list, list]]:
+    """The evaluations in results.json's history, keyed as the TensorBoard tags: the curves of a
+    run whose ``tb`` folder was not kept (committed results keep only results.json)."""
+    curves: dict[str, tuple[list, list]] = {}
+    for h in sorted(res.get("history") or [], key=lambda h: h.get("step") or 0):
+        for key, t in (h.get("targets") or {}).items():
+            if t.get("normalized_mean") is not None:
+                steps, values = curves.setdefault(f"{CURVE_TAGS[1]}{key}", ([], []))
+                steps.append(h["step"])
+                values.append(t["normalized_mean"])
+    return curves
 
 
 def _other_modes(run_dir: Path, res: dict) -> dict[str, dict[str, float]]:
@@ -314,11 +328,15 @@ def read_scalars(tb_dir, prefixes: Sequence[str] = CURVE_TAGS) -> dict[str, tupl
 
 
 def collect_curves(records: Sequence[dict]) -> dict:
-    """{dataset: {label: {tag: [(steps, values) per run]}}} from each run's ``tb`` folder."""
+    """{dataset: {label: {tag: [(steps, values) per run]}}} from each run's ``tb`` folder; the
+    evaluation curves from results.json where the folder holds none."""
     curves: dict = {}
     for rec in records:
         per = curves.setdefault(rec["dataset_id"], {}).setdefault(rec["label"], {})
-        for tag, series in read_scalars(Path(rec["run_dir"]) / "tb").items():
+        scalars = read_scalars(Path(rec["run_dir"]) / "tb")
+        if not any(tag.startswith(CURVE_TAGS[1]) for tag in scalars):
+            scalars.update(rec.get("eval_curves") or {})
+        for tag, series in scalars.items():
             per.setdefault(tag, []).append(series)
     return curves
 
@@ -357,22 +375,36 @@ def format_agent_table(agents: Sequence[dict]) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    published = _published_columns(rows)
-    head = ("| dataset (Minari) | agent | target | steps | seeds | **normalised, last iterate** "
-            "(mean ± std) | 95% CI of mean (bootstrap) | raw return, last iterate (mean ± std) "
-            "| best during training (normalised; optimistic, not the headline) "
-            "| another acting mode, same checkpoints and episodes (normalised, mean ± std) |"
-            + "".join(f" {m} paper ({b}, not comparable) |" for m, b in published))
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(published)]
+    lines = ["| dataset (Minari) | agent | target | steps | seeds | **normalised, last iterate** "
+             "(mean ± std) | 95% CI of mean (bootstrap) | raw return, last iterate (mean ± std) "
+             "| best during training (normalised; optimistic, not the headline) "
+             "| another acting mode, same checkpoints and episodes (normalised, mean ± std) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r["normalized"]
-        scores = {(p["method"], p["benchmark"]): p["score"] for p in r["published"]}
         lines.append(
             f"| {r['dataset']} | {r['label']} | {r['target_key']} | {r['steps']} | {r['n']} | "
             f"{_pm(n, 1)} | {_ci(n['ci_low'], n['ci_high']) if n else '—'} | {_pm(r['raw'], 0)} | "
             f"{_pm(r['best_normalized'], 1)} | "
-            f"{'; '.join(f'{m} {_pm(v, 1)}' for m, v in r['other_modes'].items()) or '—'} |"
-            + "".join(f" {_cell(scores.get(c))} |" for c in published))
+            f"{'; '.join(f'{m} {_pm(v, 1)}' for m, v in r['other_modes'].items()) or '—'} |")
+    return "\n".join(lines)
+
+
+def format_published_table(rows: Sequence[dict]) -> str:
+    """Papers' scores per (task, level), apart from ours: another benchmark is never one column."""
+    columns = _published_columns(rows)
+    if not columns:
+        return ""
+    lines = ["| task | level | " + " | ".join(f"{m} paper ({b})" for m, b in columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
+    seen = set()
+    for r in rows:
+        if (r["task"], r["level"]) in seen or not r["published"]:
+            continue
+        seen.add((r["task"], r["level"]))
+        scores = {(p["method"], p["benchmark"]): p["score"] for p in r["published"]}
+        lines.append(f"| {r['task']} | {r['level']} | "
+                     + " | ".join(_cell(scores.get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -394,9 +426,9 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "**What the numbers are.** Minari datasets, evaluated in Gymnasium v5 MuJoCo envs. "
         "Normalised score = 100 · (R − ref_min) / (ref_max − ref_min) with each dataset's "
         "reference returns (listed below with their source). Runs are averaged only when they "
-        "share the resolved dataset id. Scores that papers published on other benchmarks sit in "
-        "their own columns, each named with its benchmark (D4RL-v2: v2 envs, D4RL's datasets "
-        "and reference returns), for orientation only: they are not comparable.", "",
+        "share the resolved dataset id. Scores that papers published on other benchmarks (D4RL-v2: "
+        "v2 envs, D4RL's datasets and reference returns) are not comparable and never share a "
+        "table with these: they have their own section at the end, for orientation only.", "",
         "**Headline rule.** The last-iterate policy (after the final training step). Per agent: "
         "the interquartile mean (IQM) over all its runs, every dataset and seed, of the "
         "normalised score at each run's first target return (the task's higher one); its 95% CI "
@@ -430,20 +462,23 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         lines.append(f"| {r['dataset']} | {r['env_id']} | {_cell(r['ref']['min'], 2)} | "
                      f"{_cell(r['ref']['max'], 2)} | {_cell(r['behaviour_normalized'])} | "
                      f"{', '.join(map(str, eps)) or '—'} | {r['ref']['source'] or '—'} |")
-    sources = dict.fromkeys((p["method"], p["benchmark"], p["source"]) for r in rows
-                            for p in r["published"])
-    if sources:
-        lines += ["", "Published scores (other benchmarks, not comparable):", "",
-                  *[f"- {m} ({b}): {s}" for m, b, s in sources]]
+    published = format_published_table(rows)
+    if published:
+        sources = dict.fromkeys((p["method"], p["benchmark"], p["source"]) for r in rows
+                                for p in r["published"])
+        lines += ["", "## Published on another benchmark (not comparable with the tables above)",
+                  "", "Other envs, datasets and reference returns: for orientation only.", "",
+                  published, "", *[f"- {m} ({b}): {s}" for m, b, s in sources]]
     lines += ["", "## Plots", ""]
     lines.append("![scores](scores.png)" if scores_ok else "(no scores.png: no normalised scores)")
     lines.append("")
     lines.append("Bars: mean normalised last-iterate score over seeds; whiskers: the 95% bootstrap "
                  "CI; dots: the seeds.")
     lines += ["", "![learning curves](curves.png)" if curves_ok else
-              "(no curves.png: no TensorBoard events found)", "",
+              "(no curves.png: no TensorBoard events or evaluation history found)", "",
               "Learning curves from each run's TensorBoard events (`<run_dir>/tb`): train/loss "
-              "and eval/normalized_mean per target over training steps; lines are the mean over "
+              "and eval/normalized_mean per target over training steps; where a run kept no tb "
+              "folder, its evaluations from results.json (no loss then). Lines are the mean over "
               "seeds, bands the min-max over seeds.", "", "## Commands", ""]
     driver = _driver_commands(out_dir)
     if driver:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -297,10 +298,13 @@ def test_report_tables_statistics_and_pngs(grid_dir):
 
     md = (grid_dir / "report.md").read_text()
     assert "best during training (normalised; optimistic, not the headline)" in md
-    assert "DT paper (D4RL-v2, not comparable)" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| mujoco/hopper/medium-v0 | mingru | 3600"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "—", "67.6"]
+    # no D4RL-v2 cell beside a Minari score: the paper's number has its own table, after ours
+    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "—"]
+    ours, papers = md.split("## Published on another benchmark")
+    assert "67.6" not in ours and "D4RL-v2" not in ours.split("## Per agent")[1]
+    assert "| task | level | DT paper (D4RL-v2) |" in papers and "| hopper | medium | 67.6 |" in papers
     assert re.fullmatch(r"\[\d+\.\d, \d+\.\d\]", cells[6])
     line = next(ln for ln in md.splitlines() if ln.startswith("| mingru | 1500"))
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -425,6 +429,18 @@ def test_learning_curves_from_tensorboard(grid_dir):
     np.testing.assert_allclose(mean, [2.0, 0.5, 0.25])
     np.testing.assert_allclose(lo, [1.0, 0.5, 0.25])
     np.testing.assert_allclose(hi, [3.0, 0.5, 0.25])
+
+
+def test_evaluation_curves_come_from_results_json_where_no_tb_folder_was_kept(grid_dir):
+    # committed results keep only results.json: the eval curves must not vanish with the tb folder
+    for run in (grid_dir / "hopper-medium" / "mingru").iterdir():
+        shutil.rmtree(run / "tb")
+    curves = report.collect_curves(report.collect(grid_dir))["mujoco/hopper/medium-v0"]
+    assert "train/loss" not in curves["mingru"]  # a loss is only in the tb events
+    assert sorted(curves["mingru"]["eval/normalized_mean/target_3600"]) == sorted(
+        ([500, 1500], [early, hi]) for hi, _, early in MINGRU.values())
+    assert len(curves["bc"]["train/loss"]) == 3  # runs that kept tb read it, not results.json
+    assert report.report(grid_dir, n_resamples=200, echo=lambda s: None)["curves_png"].is_file()
 
 
 def test_rows_keep_config_variants_and_training_lengths_apart(tmp_path):
