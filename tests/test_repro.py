@@ -476,3 +476,43 @@ def test_the_core_names_no_agent_backbone_or_task(module):
     found += [(n.lineno, n.id) for n in ast.walk(tree)
               if isinstance(n, ast.Name) and FORBIDDEN.search(n.id)]
     assert not found, f"rlmin/{module}.py names agents or tasks in code: {found}"
+
+
+def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path, capsys):
+    """scripts/paired_runs.py: only runs with a partner enter; A's window column only where every
+    pair has one; a folder holding two configs of one label is refused, not mixed."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_runs.py"
+    spec = importlib.util.spec_from_file_location("paired_runs", script)
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, score in enumerate([10.0, 40.0, 70.0]):
+        res = fake_results("mingru", seed, {3600: score, 1800: 0.0})
+        res["last_iterate"].update(seed=10000, episodes=10)
+        write_run(a / f"s{seed}", res, losses=())
+        (a / f"s{seed}" / "eval").mkdir()
+        (a / f"s{seed}" / "eval" / "latest.window.eval.json").write_text(json.dumps({
+            "seed": 10000, "episodes": 10, "agent": {"act_mode": "window"},
+            "checkpoint": {"step": 1500}, "targets": {"3600": {"normalized_mean": score - 1}}}))
+    write_run(a / "other", fake_results("mingru", 0, {3600: 99.0}, dataset_id="x/y/z-v0"), losses=())
+    for seed, score in [(0, 20.0), (1, 30.0), (2, 100.0), (7, 5.0)]:  # seed 7: no partner
+        write_run(b / f"s{seed}", fake_results("mingru", seed, {3600: score, 1800: 0.0}), losses=())
+    r = paired.compare(a, b, "mingru", n_resamples=200)
+    assert (r["pairs"], r["unpaired_a"], r["unpaired_b"]) == (3, 1, 1)
+    assert r["columns"] == ["A", "A window", "B"]
+    (row,) = r["rows"]
+    assert (row["A"], row["A window"], row["B"]) == (pytest.approx(40.0), pytest.approx(39.0), 50.0)
+    # fractional IQM of 3 runs: 1/6, 2/3, 1/6 of the sorted values
+    assert r["overall"]["A"]["iqm"] == pytest.approx(40.0)
+    assert r["overall"]["B"]["iqm"] == pytest.approx(20 / 6 + 30 * 2 / 3 + 100 / 6)
+    assert r["b_minus_a"]["mean"] == pytest.approx(10.0)  # +10, -10, +30
+    assert (r["b_minus_a"]["b_higher"], r["b_minus_a"]["b_lower"]) == (2, 1)
+    assert r["b_minus_a"]["ci_low"] < 10.0 < r["b_minus_a"]["ci_high"]
+
+    shutil.copytree(a / "s0", a / "s0-copy")  # the same run twice: refused, not averaged in
+    assert paired.main([str(a), str(b), "--label", "mingru"]) == 2
+    assert "has two runs of 'mingru', seed 0" in capsys.readouterr().err
+    assert paired.main([str(a), str(b), "--label", "nope"]) == 2
+    assert "no run of 'nope'" in capsys.readouterr().err
