@@ -64,6 +64,52 @@ def plot_scores(rows: Sequence[dict], path) -> bool:
     return True
 
 
+def plot_first_targets(rows: Sequence[dict], path, columns: int = 3) -> bool:
+    """The headline in one figure: a panel per dataset, a bar per agent at the dataset's first
+    target (mean over seeds, whiskers the 95% bootstrap CI, dots the seeds), a white diamond for
+    the same checkpoints acting in another mode, and the behaviour policy's score as a dashed line.
+    False (nothing written) when no row has normalised scores."""
+    first: dict[str, str] = {}
+    sel = [r for r in rows if r.get("normalized")
+           and first.setdefault(r["dataset"], r["target_key"]) == r["target_key"]]
+    if not sel:
+        return False
+    datasets = list(dict.fromkeys(r["dataset"] for r in sel))
+    labels = sorted({r["label"] for r in sel})
+    ncols = min(columns, len(datasets))
+    fig, axes = _figure(math.ceil(len(datasets) / ncols), ncols, 0.55 * len(labels) + 1.6, 2.6)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(datasets):
+            ax.set_visible(False)
+            continue
+        ds = datasets[k]
+        here = {r["label"]: r for r in sel if r["dataset"] == ds}
+        for i, label in enumerate(labels):
+            r = here.get(label)
+            if r is None:
+                continue
+            n = r["normalized"]
+            ax.bar(i, n["mean"], width=0.7, color=f"C{i}", alpha=0.8,
+                   yerr=[[n["mean"] - n["ci_low"]], [n["ci_high"] - n["mean"]]], capsize=3)
+            ax.scatter(np.full(len(n["values"]), i), n["values"], s=8, color="black", zorder=3)
+            for other in (r.get("other_modes") or {}).values():
+                ax.scatter([i + 0.22], [other["mean"]], marker="D", s=22, color="white",
+                           edgecolors="black", zorder=4)
+        behaviour = next((r.get("behaviour_normalized") for r in here.values()), None)
+        if behaviour is not None:
+            ax.axhline(behaviour, color="black", ls="--", lw=0.8)
+        ax.set_xticks(range(len(labels)), labels, fontsize="small")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"{ds}, target {here[next(iter(here))]['target_key']}", fontsize="small")
+    fig.suptitle("Normalised last-iterate score (Minari, Gymnasium v5): mean over seeds, 95% "
+                 "bootstrap CI, seeds as dots;\n"
+                 "white diamonds: the same checkpoints in another acting "
+                 "mode; dashed: the behaviour policy", fontsize="medium")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def _many_steps(sel: Sequence[dict], row: dict) -> bool:
     return len({r["steps"] for r in sel if r["label"] == row["label"]}) > 1
 

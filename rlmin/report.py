@@ -470,6 +470,11 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
                   "", "Other envs, datasets and reference returns: for orientation only.", "",
                   published, "", *[f"- {m} ({b}): {s}" for m, b, s in sources]]
     lines += ["", "## Plots", ""]
+    if scores_ok:
+        lines += ["![headline](headline.png)", "",
+                  "Each dataset's first target: bars the mean over seeds, whiskers the 95% bootstrap "
+                  "CI, dots the seeds; a white diamond the same checkpoints acting in another mode; "
+                  "the dashed line the behaviour policy.", ""]
     lines.append("![scores](scores.png)" if scores_ok else "(no scores.png: no normalised scores)")
     lines.append("")
     lines.append("Bars: mean normalised last-iterate score over seeds; whiskers: the 95% bootstrap "
@@ -497,7 +502,8 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
 
 def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
            echo: Callable[[str], None] = print) -> dict:
-    """Collect the results under ``out_dir``; write report.md, report.json, scores.png, curves.png."""
+    """Collect the results under ``out_dir``; write report.md, report.json, headline.png,
+    scores.png, curves.png."""
     from rlmin import plots, stats
 
     out_dir = Path(out_dir)
@@ -511,6 +517,7 @@ def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
     agents = agent_rows(records, n_resamples=n_resamples, seed=seed)
     warnings = warnings_of(records, rows, agents)
     scores_ok = plots.plot_scores(rows, out_dir / "scores.png")
+    plots.plot_first_targets(rows, out_dir / "headline.png")  # written whenever scores.png is
     curves_ok = plots.plot_curves(collect_curves(records), out_dir / "curves.png")
     md = write_report(out_dir, rows, agents, records, warnings, curves_ok, scores_ok,
                       n_resamples, seed)
@@ -520,7 +527,7 @@ def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
     for w in warnings:
         echo(f"warning: {w}")
     echo(f"\nwrote {md}, {out_dir / 'report.json'}"
-         + (f", {out_dir / 'scores.png'}" if scores_ok else "")
+         + (f", {out_dir / 'headline.png'}, {out_dir / 'scores.png'}" if scores_ok else "")
          + (f", {out_dir / 'curves.png'}" if curves_ok else ""))
     return {"rows": rows, "agents": agents, "warnings": warnings, "records": records,
             "report": md, "scores_png": out_dir / "scores.png" if scores_ok else None,

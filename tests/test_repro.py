@@ -313,7 +313,7 @@ def test_report_tables_statistics_and_pngs(grid_dir):
     assert "rlmin repro run --grid small --out grid" in md  # the driver command
     assert md.count("python -m rlmin.cli train x.yaml") == 6  # each run's command
     assert "Minari" in md and "Gymnasium v5" in md
-    for png in ("scores.png", "curves.png"):
+    for png in ("headline.png", "scores.png", "curves.png"):
         assert (grid_dir / png).read_bytes()[:8] == PNG_MAGIC
     saved = json.loads((grid_dir / "report.json").read_text())
     assert len(saved["rows"]) == 4 and len(saved["agents"]) == 2
