@@ -269,12 +269,9 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
     rows = []
     order = lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")  # noqa: E731 (label, steps, own mode first)
     for (label, steps, mode), per in sorted(groups.items(), key=order):
-        pooled = [v for values in per.values() for v in values]
-        low, high = stats.stratified_bootstrap_ci(list(per.values()), "iqm",
-                                                  **_stats_kw(n_resamples, seed))
         row = {"label": label if mode is None else f"{label}, {mode} acting (same checkpoints)",
-               "steps": steps, "n": len(pooled), "datasets": list(per), "iqm": stats.iqm(pooled),
-               "ci_low": low, "ci_high": high, "mean": sum(pooled) / len(pooled), "mode": mode}
+               "steps": steps, "datasets": list(per), "mode": mode,
+               **stats.iqm_over_tasks(per, **_stats_kw(n_resamples, seed))}
         if mode is not None:
             diffs = paired[(label, steps, mode)]
             row["own_minus_this"] = {"n": len(diffs), "mean": sum(diffs) / len(diffs),

@@ -113,6 +113,15 @@ def stratified_bootstrap_ci(groups: Sequence[Sequence[float]], statistic: str | 
     return float(low), float(high)
 
 
+def iqm_over_tasks(per_task: dict[str, Sequence[float]], **ci_kw) -> dict:
+    """The IQM of all runs pooled over ``per_task`` ({task: runs}) with its stratified-bootstrap CI
+    (strata: the tasks) and the pooled runs' ``n`` and ``mean``: an agent's headline number."""
+    pooled = [float(v) for values in per_task.values() for v in values]
+    low, high = stratified_bootstrap_ci(list(per_task.values()), "iqm", **ci_kw)
+    return {"iqm": iqm(pooled), "ci_low": low, "ci_high": high, "n": len(pooled),
+            "mean": sum(pooled) / len(pooled)}
+
+
 def summarize(values: Sequence[float], confidence: float = 0.95,
               n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
     """``n``, ``mean``, ``std`` (ddof=1; None for one run), ``ci_low``/``ci_high`` (bootstrap of

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from rlmin import report, stats
+from rlmin.checkpoint import atomic_write_bytes
 
 
 class PairingError(Exception):
@@ -40,12 +41,6 @@ def first_scores(records, label: str, folder: str) -> dict[tuple, dict]:
         out[pair] = {"score": first["normalized"], "target": key,
                      **{m: s.get(key) for m, s in rec["other_modes"].items()}}
     return out
-
-
-def _iqm_ci(per_dataset: dict[str, list[float]], **kw) -> dict:
-    pooled = [v for vs in per_dataset.values() for v in vs]
-    low, high = stats.stratified_bootstrap_ci(list(per_dataset.values()), "iqm", **kw)
-    return {"iqm": stats.iqm(pooled), "ci_low": low, "ci_high": high, "n": len(pooled)}
 
 
 def compare(a_dir, b_dir, label: str, label_b: str | None = None, n_resamples: int | None = None,
@@ -78,7 +73,7 @@ def compare(a_dir, b_dir, label: str, label_b: str | None = None, n_resamples: i
     return {"a": str(a_dir), "b": str(b_dir), "label": label, "label_b": label_b or label,
             "pairs": len(pairs), "unpaired_a": len(set(a) - set(b)), "unpaired_b": len(set(b) - set(a)),
             "columns": list(columns), "rows": rows,
-            "overall": {c: _iqm_ci(per[c], **kw) for c in columns},
+            "overall": {c: stats.iqm_over_tasks(per[c], **kw) for c in columns},
             "b_minus_a": {"mean": sum(flat) / len(flat), "ci_low": low, "ci_high": high,
                           "b_higher": sum(v > 0 for v in flat), "b_lower": sum(v < 0 for v in flat)}}
 
@@ -113,8 +108,17 @@ def main(argv=None) -> int:
     ap.add_argument("b", type=Path, help="the other folder")
     ap.add_argument("--label", required=True, help="the agent label in A (mingru, minlstm, ...)")
     ap.add_argument("--label-b", help="its label in B, where it differs")
-    ap.add_argument("--out", type=Path, help="also write the comparison here as JSON")
+    ap.add_argument("--out", type=Path, help="also write the comparison here as JSON (a new file)")
+    ap.add_argument("--overwrite", action="store_true", help="let --out replace an existing file")
     args = ap.parse_args(argv)
+    if args.out and args.out.exists() and not args.overwrite:
+        print(f"error: {args.out} exists: give another --out, or --overwrite to replace it",
+              file=sys.stderr)
+        return 2
+    if args.out and not args.out.parent.is_dir():
+        print(f"error: the folder of --out, {args.out.parent}, does not exist: create it first",
+              file=sys.stderr)
+        return 2
     for folder in (args.a, args.b):
         if not folder.is_dir():
             print(f"error: {folder} is not a folder: give two result folders", file=sys.stderr)
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
         return 2
     print(format_result(result))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        atomic_write_bytes(args.out, lambda f: f.write(json.dumps(result, indent=1).encode()))
         print(f"\nwrote {args.out}")
     return 0
 

@@ -511,6 +511,17 @@ def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path,
     assert (r["b_minus_a"]["b_higher"], r["b_minus_a"]["b_lower"]) == (2, 1)
     assert r["b_minus_a"]["ci_low"] < 10.0 < r["b_minus_a"]["ci_high"]
 
+    out = tmp_path / "cmp.json"  # --out writes a new file, and never replaces one unasked
+    assert paired.main([str(a), str(b), "--label", "mingru", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["pairs"] == 3
+    out.write_text("mine")
+    assert paired.main([str(a), str(b), "--label", "mingru", "--out", str(out)]) == 2
+    assert "exists: give another --out, or --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "mine"
+    assert paired.main([str(a), str(b), "--label", "mingru", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["pairs"] == 3
+    capsys.readouterr()
+
     shutil.copytree(a / "s0", a / "s0-copy")  # the same run twice: refused, not averaged in
     assert paired.main([str(a), str(b), "--label", "mingru"]) == 2
     assert "has two runs of 'mingru', seed 0" in capsys.readouterr().err
