@@ -51,6 +51,15 @@ class TrainConfig:
     # as DT's gym code (torch.optim.AdamW(model.parameters(), weight_decay=...)).
     weight_decay_scope: str = "matrices"
     warmup_steps: int = 10_000
+    # After warmup: "constant" (DT's), or "cosine" / "linear" decay to lr * lr_floor at train.steps.
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.1
+    # Exponential moving average of the weights (its decay, e.g. 0.999; 0: off). When on, the
+    # averaged weights are what is evaluated, checkpointed for acting and exported.
+    ema: float = 0.0
+    # data.mode=episode: size the batch in real timesteps, train.batch_size = round(N / mean
+    # episode length) (at least 1), so whole-episode runs see the data segment runs see (0: off).
+    batch_timesteps: int = 0
     grad_clip: float = 0.25
     seed: int = 0
     # "auto" picks CUDA when available.
@@ -75,6 +84,12 @@ class EvalConfig:
     n_envs: int = 0
     # Target returns (raw); null takes the task's defaults.
     target_returns: Optional[List[float]] = None
+    # Targets as normalised scores (100 = the dataset's ref_max), turned into raw returns with the
+    # dataset's references, so every dataset asks for the same fraction of its expert. Exclusive
+    # with target_returns.
+    target_scores: Optional[List[float]] = None
+    # With train.ema: also evaluate the raw (not averaged) weights, as last_iterate_raw.
+    raw_weights: bool = True
     seed: int = 10_000
     # Acting mode at evaluation; null uses the agent's.
     mode: Optional[str] = None
@@ -98,10 +113,12 @@ class Config:
 _CHOICES = {
     "data.mode": ("segment", "episode"),
     "train.weight_decay_scope": ("matrices", "all"),
+    "train.lr_schedule": ("constant", "cosine", "linear"),
 }
 _POSITIVE = ("data.seq_len", "train.steps", "train.batch_size", "train.lr", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "eval.episodes")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
+                 "train.batch_timesteps", "train.lr_floor", "train.ema",
                  "train.num_threads", "eval.n_envs", "eval.max_episode_steps", "data.burn_in")
 _SCHEMA_HINT = "See rlmin/config.py (or README.md, Config reference) for every key and its type."
 
@@ -174,6 +191,27 @@ def validate(cfg: DictConfig) -> None:
     if targets is not None and not all(math.isfinite(t) and t >= 0 for t in targets):
         raise ConfigError(f"config key 'eval.target_returns' must hold finite returns >= 0, "
                           f"got {list(targets)}")
+    scores = cfg.eval.target_scores
+    if scores is not None:
+        if targets is not None:
+            raise ConfigError("config keys 'eval.target_returns' and 'eval.target_scores' are both "
+                              "set; give the targets one way (set the other to null)")
+        if not len(scores) or not all(math.isfinite(s) and -1e4 < s < 1e4 for s in scores):
+            raise ConfigError(f"config key 'eval.target_scores' must hold one or more finite "
+                              f"normalised scores (100 = expert), got {list(scores)}")
+    if targets is not None and not len(targets):
+        raise ConfigError("config key 'eval.target_returns' is empty: give one or more returns, "
+                          "or null for the task's")
+    if not cfg.train.lr_floor <= 1:
+        raise ConfigError(f"config key 'train.lr_floor' is a fraction of train.lr in [0, 1], got "
+                          f"{cfg.train.lr_floor}")
+    if not cfg.train.ema < 1:
+        raise ConfigError(f"config key 'train.ema' is a decay in [0, 1) (0: off, e.g. 0.999), "
+                          f"got {cfg.train.ema}")
+    if cfg.train.batch_timesteps and cfg.data.mode != "episode":
+        raise ConfigError("config key 'train.batch_timesteps' sizes whole-episode batches: use "
+                          "it with data.mode=episode (segment batches are train.batch_size x "
+                          "data.seq_len)")
     if cfg.data.task is not None:
         from rlmin.task import all_tasks
 

@@ -80,6 +80,9 @@ class Grid:
     backbone_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
     workers: int = 1
     description: str = ""
+    # {name: overrides}: every backbone runs once per variant (a recipe: layout, data mode, ...),
+    # in <out>/<task>/<backbone>/<variant>/seed<k>; a variant's overrides come after the shared ones.
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
@@ -94,18 +97,25 @@ def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
         raise ReproError(f"no grid file {path}; choose from {', '.join(have) or '(none)'}")
     doc = yaml.safe_load(path.read_text()) or {}
     unknown = set(doc) - {"tasks", "backbones", "seeds", "overrides", "backbone_overrides",
-                          "workers", "description"}
+                          "workers", "description", "variants"}
     if unknown:
         raise ReproError(f"{path}: unknown key(s) {sorted(unknown)}; a grid file has tasks, "
-                         "backbones, seeds, overrides, backbone_overrides, workers and description")
+                         "backbones, seeds, overrides, backbone_overrides, variants, workers and "
+                         "description")
     missing = [k for k in ("tasks", "backbones", "seeds") if not doc.get(k)]
     if missing:
         raise ReproError(f"{path}: {', '.join(missing)} missing or empty")
     per_backbone = {str(b): tuple(map(str, o or ()))
                     for b, o in (doc.get("backbone_overrides") or {}).items()}
+    variants = {str(v): tuple(map(str, o or ())) for v, o in (doc.get("variants") or {}).items()}
+    bad = [v for v in variants if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)]
+    if bad:
+        raise ReproError(f"{path}: variant name {bad[0]!r} must be a folder name (letters, digits, "
+                         "'-', '_', '.')")
     return Grid(path.stem, tuple(doc["tasks"]), tuple(doc["backbones"]),
                 tuple(int(s) for s in doc["seeds"]), tuple(map(str, doc.get("overrides") or ())),
-                per_backbone, int(doc.get("workers", 1)), str(doc.get("description", "")))
+                per_backbone, int(doc.get("workers", 1)), str(doc.get("description", "")),
+                variants)
 
 
 # ============================================================================ planning
@@ -119,10 +129,12 @@ class Run:
     run_dir: Path
     config_files: tuple[str, ...]
     overrides: tuple[str, ...] = ()
+    variant: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.backbone}/seed{self.seed}"
+        variant = f"/{self.variant}" if self.variant else ""
+        return f"{self.task}/{self.backbone}{variant}/seed{self.seed}"
 
     @property
     def finished(self) -> bool:
@@ -155,15 +167,19 @@ def _config_path(kind: str, name: str, config_root: Path) -> str:
 
 def plan(tasks: Sequence[str], backbones: Sequence[str], seeds: Sequence[int], out_dir,
          overrides: Sequence[str] = (), config_root: Path = CONFIG_ROOT,
-         backbone_overrides: Mapping[str, Sequence[str]] | None = None) -> list[Run]:
-    """The grid in its fixed order: tasks, then backbones, then seeds. A run's overrides are its
-    backbone's ``backbone_overrides``, then ``overrides`` (a later value of a key wins)."""
+         backbone_overrides: Mapping[str, Sequence[str]] | None = None,
+         variants: Mapping[str, Sequence[str]] | None = None,
+         last_overrides: Sequence[str] = ()) -> list[Run]:
+    """The grid in its fixed order: tasks, then backbones, then variants, then seeds. A run's
+    overrides are its backbone's ``backbone_overrides``, then ``overrides``, then its variant's,
+    then ``last_overrides`` (the command line's); a later value of a key wins."""
     if not tasks or not backbones or not seeds:
         raise ReproError("a grid needs at least one task, one backbone and one seed")
     if len(set(seeds)) != len(seeds):
         raise ReproError(f"seeds repeat: {list(seeds)}")
-    backbone_overrides = backbone_overrides or {}
-    every = [*overrides, *(o for b in backbones for o in backbone_overrides.get(b, ()))]
+    backbone_overrides, variants = backbone_overrides or {}, dict(variants or {})
+    every = [*overrides, *last_overrides, *(o for b in backbones for o in backbone_overrides.get(b, ())),
+             *(o for v in variants.values() for o in v)]
     bad = [o for o in every if "=" not in o]
     if bad:
         raise ReproError(f"overrides must look like key=value, got {bad}")
@@ -176,10 +192,13 @@ def plan(tasks: Sequence[str], backbones: Sequence[str], seeds: Sequence[int], o
         task_file = _config_path("tasks", task, config_root)
         for backbone in backbones:
             bb_file = _config_path("backbones", backbone, config_root)
-            run_overrides = (*backbone_overrides.get(backbone, ()), *overrides)
-            for seed in seeds:
-                runs.append(Run(task, backbone, int(seed), out_dir / task / backbone / f"seed{seed}",
-                                (task_file, bb_file), run_overrides))
+            for variant, variant_overrides in (variants.items() or [(None, ())]):
+                run_overrides = (*backbone_overrides.get(backbone, ()), *overrides,
+                                 *variant_overrides, *last_overrides)
+                folder = out_dir / task / backbone / (variant or "")
+                for seed in seeds:
+                    runs.append(Run(task, backbone, int(seed), folder / f"seed{seed}",
+                                    (task_file, bb_file), run_overrides, variant))
     return runs
 
 
@@ -332,13 +351,29 @@ def record_invocation(out_dir: Path, argv: Sequence[str]) -> str:
 
 
 def write_grid(out_dir: Path, runs: Sequence[Run], info: dict) -> None:
-    """``<out>/grid.json``: the plan, with the task and backbone config files of every run."""
-    doc = {**info, "runs": [{"name": r.name, "task": r.task, "backbone": r.backbone,
-                             "seed": r.seed, "run_dir": str(r.run_dir),
-                             "task_config": r.config_files[0], "backbone_config": r.config_files[1],
-                             "overrides": list(r.overrides), "command": shlex.join(r.argv())}
-                            for r in runs]}
-    (out_dir / GRID_FILE).write_text(json.dumps(doc, indent=1))
+    """``<out>/grid.json``: every run ever planned into this folder, with its task and backbone
+    config files and overrides (a later plan of the same run replaces its entry), and every
+    invocation that planned them. Written atomically."""
+    from rlmin.checkpoint import atomic_write_bytes
+
+    path = out_dir / GRID_FILE
+    old: dict = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            old = {}  # unreadable: this plan replaces it
+    entries = {r["name"]: r for r in old.get("runs") or [] if isinstance(r, dict) and "name" in r}
+    for r in runs:
+        entries[r.name] = {"name": r.name, "task": r.task, "backbone": r.backbone,
+                           "variant": r.variant, "seed": r.seed, "run_dir": str(r.run_dir),
+                           "task_config": r.config_files[0], "backbone_config": r.config_files[1],
+                           "overrides": list(r.overrides), "command": shlex.join(r.argv())}
+    invocations = [i for i in old.get("invocations") or [] if isinstance(i, dict)]
+    if not invocations and old.get("command"):  # a grid.json of the one-invocation format
+        invocations = [{k: v for k, v in old.items() if k != "runs"}]
+    doc = {**info, "invocations": [*invocations, info], "runs": list(entries.values())}
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(doc, indent=1).encode()))
 
 
 # ============================================================================ command line
@@ -404,8 +439,9 @@ def cmd_run(args, runner=None, echo=print) -> int:
     overrides = list(grid.overrides if grid else ()) + list(args.overrides)
     workers = args.workers or (grid.workers if grid else 1)
     out = Path(args.out)
-    runs = plan(tasks, backbones, seeds, out, overrides, config_root,
-                grid.backbone_overrides if grid else None)
+    runs = plan(tasks, backbones, seeds, out, list(grid.overrides if grid else ()), config_root,
+                grid.backbone_overrides if grid else None, grid.variants if grid else None,
+                last_overrides=list(args.overrides))
     mine = shard(runs, *parse_shard(args.shard)) if args.shard else runs
     if args.dry_run:
         threads = max(1, (args.cores or available_cores()) // workers)
@@ -417,6 +453,7 @@ def cmd_run(args, runner=None, echo=print) -> int:
     line = record_invocation(out, invocation(args))
     write_grid(out, runs, {"command": line, "grid": grid and grid.name, "tasks": list(tasks),
                            "backbones": list(backbones), "seeds": list(seeds),
+                           "variants": dict(grid.variants) if grid else {},
                            "overrides": overrides, "shard": args.shard})
     outcome = run_grid(mine, workers=workers, runner=runner, cores=args.cores, echo=echo)
     echo(f"{len(outcome.succeeded)} run(s) finished now, {len(outcome.skipped)} already, "

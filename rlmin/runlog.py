@@ -78,21 +78,30 @@ class RunLog:
         else:
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}")
 
-    def evaluation(self, step: int, res: dict) -> dict:
-        """Log an evaluation everywhere; returns its history entry."""
+    def evaluation(self, step: int, res: dict, raw: dict | None = None) -> dict:
+        """Log an evaluation everywhere; returns its history entry. ``raw``: the same evaluation
+        of the raw weights when the run averages them (train.ema), logged under eval_raw/."""
+        entry = {"step": step, "targets": self._scores("eval", step, res)}
+        if raw is not None:
+            entry["raw_targets"] = self._scores("eval_raw", step, raw)
+        self.writer.flush()
+        self._row({"kind": "eval", **entry})
+        for name, key in (("", "targets"), ("raw weights: ", "raw_targets")):
+            if key in entry:
+                shown = ", ".join(f"target {k}: return {v['return_mean']:.1f}" + (
+                    f" (normalised {v['normalized_mean']:.1f})" if v["normalized_mean"] is not None
+                    else "") for k, v in entry[key].items())
+                self.say(f"eval at step {step}: {name}{shown}")
+        return entry
+
+    def _scores(self, tag: str, step: int, res: dict) -> dict:
         targets = {}
         for key, r in res["targets"].items():
-            self.writer.add_scalar(f"eval/return_mean/target_{key}", r["return_mean"], step)
+            self.writer.add_scalar(f"{tag}/return_mean/target_{key}", r["return_mean"], step)
             if r.get("normalized_mean") is not None:
-                self.writer.add_scalar(f"eval/normalized_mean/target_{key}", r["normalized_mean"], step)
+                self.writer.add_scalar(f"{tag}/normalized_mean/target_{key}", r["normalized_mean"], step)
             targets[key] = {"return_mean": r["return_mean"], "normalized_mean": r.get("normalized_mean")}
-        self.writer.flush()
-        self._row({"step": step, "kind": "eval", "targets": targets})
-        shown = ", ".join(f"target {k}: return {v['return_mean']:.1f}" + (
-            f" (normalised {v['normalized_mean']:.1f})" if v["normalized_mean"] is not None else "")
-            for k, v in targets.items())
-        self.say(f"eval at step {step}: {shown}")
-        return {"step": step, "targets": targets}
+        return targets
 
     def _row(self, row: dict) -> None:
         self.metrics.write(json.dumps(row, default=float) + "\n")

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shlex
+import subprocess
+import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from rlmin import config as config_lib
+from rlmin.config import TrainConfig
 from rlmin import distributed as dist_lib
 from rlmin.checkpoint import (atomic_write_bytes, capture_rng_state, list_checkpoints,
                               load_latest, restore_rng_state, save_checkpoint)
@@ -30,6 +35,7 @@ from rlmin.interrupts import GracefulStop, StopRequested
 from rlmin.policy import agent_payload
 from rlmin.rundir import RunDirError, RunLock, check_new, holds_run
 from rlmin.runlog import RunLog
+from rlmin.spec import EvalSpec
 
 
 class TrainingError(RuntimeError):
@@ -85,10 +91,56 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
-def build_scheduler(optimizer, warmup_steps: int):
-    """Linear warmup to the base lr, then constant (DT's schedule)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+def lr_factor(step: int, cfg) -> float:
+    """The multiple of ``cfg.lr`` for optimiser step ``step`` (0-based): linear warmup, then
+    ``cfg.lr_schedule`` (constant, or a cosine / linear decay to ``lr_floor`` at ``cfg.steps``)."""
+    warmup = max(1, cfg.warmup_steps)
+    if step < cfg.warmup_steps or cfg.lr_schedule == "constant":
+        return min(1.0, (step + 1) / warmup)
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    return cfg.lr_floor + (1 - cfg.lr_floor) * shape
+
+
+def build_scheduler(optimizer, cfg):
+    """``cfg``: the ``train`` section (:func:`lr_factor`); an int is a warmup-then-constant
+    schedule (DT's)."""
+    if isinstance(cfg, int):
+        cfg = TrainConfig(warmup_steps=cfg)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+class WeightAverage:
+    """The EMA of an agent's weights (``torch.optim.swa_utils.AveragedModel``), with TF's warmup of
+    the decay, ``min(decay, (1 + n) / (10 + n))``, so early evaluations are not held near the
+    initial weights. Buffers (the normalisation) are copied, not averaged."""
+
+    def __init__(self, agent: nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel
+
+        def ema(averaged, current, n):
+            beta = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+            return averaged + (current - averaged) * (1.0 - beta)
+
+        self.source = agent
+        self.model = AveragedModel(agent, avg_fn=ema, use_buffers=False)
+
+    @property
+    def agent(self) -> nn.Module:
+        """The averaged agent (an instance of the trained agent's class), buffers in sync."""
+        for mine, theirs in zip(self.model.module.buffers(), self.source.buffers()):
+            mine.copy_(theirs)
+        return self.model.module.eval()
+
+    def update(self) -> None:
+        self.model.update_parameters(self.source)
+
+    def state_dict(self) -> dict:
+        return {"n_averaged": self.model.n_averaged.clone()}
+
+    def load(self, weights: dict, state: dict) -> None:
+        self.model.module.load_state_dict(weights)
+        self.model.n_averaged.copy_(state["n_averaged"])
 
 
 def optimizer_step(agent: nn.Module, loss: torch.Tensor, optimizer, scheduler,
@@ -118,7 +170,7 @@ def new_run_dir(cfg) -> Path:
 # Keys `--resume RUN key=value` may change: how long and how often, never the model or the data.
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
                   "train.keep_checkpoints", "train.progress", "train.num_threads", "eval.episodes",
-                  "eval.n_envs")
+                  "eval.n_envs", "eval.raw_weights")
 
 
 def resumed_config(payload: dict, overrides: list[str]) -> config_lib.Config:
@@ -179,31 +231,47 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
         torch.set_num_threads(cfg.train.num_threads)
     device = ddp.device if ddp.enabled else pick_device(cfg.train.device)
     seed_everything(cfg.train.seed + ddp.rank)
-    if cfg.train.batch_size % ddp.world_size:
+    if not cfg.train.batch_timesteps and cfg.train.batch_size % ddp.world_size:
         raise config_lib.ConfigError(
             f"train.batch_size={cfg.train.batch_size} must divide by the {ddp.world_size} "
             "processes (it is the global batch)")
     data = load_dataset_for(cfg.data)
     if payload is not None:
         check_same_data(data, payload)
+    data.eval_spec = eval_targets(data.eval_spec, cfg.eval)
+    batch_size = batch_size_for(cfg, data)
+    if batch_size % ddp.world_size:
+        raise config_lib.ConfigError(
+            f"the batch of {batch_size} must divide by the {ddp.world_size} processes (it is "
+            "the global batch: train.batch_size, or train.batch_timesteps / episode length)")
     # Every rank draws the same global batch (one seed) and trains on its own shard of rows: a
     # DDP run sees exactly the batches of a single-process run with the same global batch size.
-    sampler = data.sampler(cfg.data, cfg.train.batch_size, seed=cfg.train.seed)
-    per_rank = cfg.train.batch_size // ddp.world_size
+    sampler = data.sampler(cfg.data, batch_size, seed=cfg.train.seed)
+    per_rank = batch_size // ddp.world_size
     shard = slice(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
     agent_cls = config_lib.agent_class(cfg)
     agent = agent_cls(data.agent_spec(cfg.data.seq_len), config_lib.agent_options(cfg)).to(device)
     optimizer = build_optimizer(agent, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train.warmup_steps)
-    step, history = 0, []
+    scheduler = build_scheduler(optimizer, cfg.train)
+    averager = WeightAverage(agent, cfg.train.ema) if cfg.train.ema else None
+    step, history, seen = 0, [], 0
+    commands = [launch_command()]
     if payload is not None:
-        agent.load_state_dict(payload["model"])
+        agent.load_state_dict(payload.get("train_model", payload["model"]))
+        if averager is not None:
+            averager.load(payload["model"], payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         sampler.set_state(payload["sampler"])
         rngs = payload["rng_per_rank"]
         restore_rng_state(rngs[ddp.rank] if ddp.rank < len(rngs) else rngs[0])
         step, history = payload["step"], list(payload["eval_history"])
+        seen = payload.get("timesteps_seen", 0)
+        commands = [*payload.get("commands", []), *commands]
+        was_steps = payload["config"]["train"]["steps"]
+        if cfg.train.lr_schedule != "constant" and was_steps != cfg.train.steps and ddp.is_main:
+            print(f"note: train.lr_schedule={cfg.train.lr_schedule} decays over train.steps: the "
+                  f"decay now ends at step {cfg.train.steps}, not {was_steps}", flush=True)
     loss_fn = ddp.wrap(LossForward(agent)) if ddp.enabled else agent.loss
     if cfg.train.compile:
         loss_fn = torch.compile(loss_fn)
@@ -212,24 +280,43 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
     log = RunLog(run_dir, cfg, step) if ddp.is_main else None
     if log:
         log.start(data, agent, device, resumed=payload is not None)
+        if batch_size != cfg.train.batch_size:
+            log.say(f"batch: {batch_size} episodes (train.batch_timesteps="
+                    f"{cfg.train.batch_timesteps} / mean episode length "
+                    f"{data.data.episode_lengths.mean():.0f})")
+
+    def acting_agent():
+        return averager.agent if averager is not None else agent
+
+    def evaluation():
+        res = run_evaluation(acting_agent(), data, cfg, device)
+        raw = (run_evaluation(agent, data, cfg, device)
+               if averager is not None and cfg.eval.raw_weights else None)
+        return res, raw, log.evaluation(step, res, raw)
 
     def save() -> None:
         # Every rank's RNG (dropout masks differ per rank), so a resumed DDP run continues exactly.
         rngs = ddp.gather_object(capture_rng_state())
         if ddp.is_main:
             log.flush()  # what was logged up to this step survives a kill (resume keeps it)
+            weights = {"model": agent.state_dict()}
+            if averager is not None:  # "model" is what acts and exports; "train_model" resumes
+                weights = {"model": averager.agent.state_dict(), "train_model": agent.state_dict(),
+                           "ema": averager.state_dict()}
             save_checkpoint(run_dir, step, {
-                "step": step, "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, **weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng_per_rank": rngs,
                 "sampler": sampler.get_state(), "config": config_lib.to_dict(cfg),
                 "agent": agent_payload(cfg.agent.name, agent),
                 "eval_spec": data.eval_spec.to_dict(), "dataset": data.summary(),
-                "eval_history": history}, keep=cfg.train.keep_checkpoints)
+                "eval_history": history, "timesteps_seen": seen, "commands": commands},
+                keep=cfg.train.keep_checkpoints)
 
     agent.train()
     try:
         while step < cfg.train.steps:
             full = sampler.sample()
+            seen += int(full["mask"].sum())
             batch = to_device({k: v[shard] for k, v in full.items()}, device)
             with autocast:
                 loss, metrics = loss_fn(batch)
@@ -248,12 +335,14 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
             grad_norm = optimizer_step(agent, loss, optimizer, scheduler, cfg.train.grad_clip)
             if grad_norm is None:  # gradients are synchronised: the same on every rank
                 raise nonfinite(f"non-finite gradient norm with loss {loss_value}", step, run_dir)
+            if averager is not None:
+                averager.update()
             step += 1
             if log:
                 log.step(step, loss_value, metrics, grad_norm, scheduler.get_last_lr()[0])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 if ddp.is_main:
-                    history.append(log.evaluation(step, run_evaluation(agent, data, cfg, device)))
+                    history.append(evaluation()[2])
                 ddp.barrier()
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
                 save()
@@ -262,9 +351,10 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                                     f"with: rlmin train --resume {run_dir}", stop.exit_code)
         results = {}
         if ddp.is_main:
-            res = run_evaluation(agent, data, cfg, device)
-            history.append(log.evaluation(step, res))
-            results = build_results(cfg, data, step, res, history)
+            res, raw, entry = evaluation()
+            history.append(entry)
+            results = build_results(cfg, data, step, res, history, raw=raw, agent=agent,
+                                    timesteps_seen=seen, commands=commands)
             write_results(run_dir / "results.json", results)
     finally:
         if log:
@@ -284,7 +374,7 @@ def nonfinite(what: str, step: int, run_dir: Path) -> TrainingError:
 def run_evaluation(agent, data: LoadedDataset, cfg, device) -> dict:
     """Evaluate every target return in the configured acting mode; the agent's mode is restored."""
     with agent.acting(cfg.eval.mode):
-        res = evaluate(agent, data.eval_spec, target_returns=cfg.eval.target_returns,
+        res = evaluate(agent, data.eval_spec,  # its targets: eval_targets(), set when data loaded
                        episodes=cfg.eval.episodes, n_envs=cfg.eval.n_envs or None,
                        seed=cfg.eval.seed, max_episode_steps=cfg.eval.max_episode_steps or None,
                        device=str(device), progress=cfg.train.progress)
@@ -307,13 +397,41 @@ def _ckpt_step(path: Path) -> int:
     return int(path.stem.split("_")[-1])
 
 
+def eval_targets(spec: EvalSpec, cfg) -> EvalSpec:
+    """The spec with the run's target returns: ``eval.target_scores`` turned into raw returns
+    through the dataset's references, else ``eval.target_returns``, else the task's."""
+    if cfg.target_scores is not None:
+        if spec.ref_min is None:
+            raise config_lib.ConfigError(
+                f"config key 'eval.target_scores' needs reference scores, and {spec.dataset_id} "
+                "has none: give raw eval.target_returns instead")
+        returns = tuple(spec.ref_min + s / 100.0 * (spec.ref_max - spec.ref_min)
+                        for s in cfg.target_scores)
+        return spec.replace(target_returns=returns)
+    if cfg.target_returns is not None:
+        return spec.replace(target_returns=tuple(float(t) for t in cfg.target_returns))
+    return spec
+
+
+def batch_size_for(cfg, data: LoadedDataset) -> int:
+    """``train.batch_size``, or with ``train.batch_timesteps`` the number of whole episodes that
+    holds that many real steps on average (episodes are drawn uniformly, cut at data.seq_len)."""
+    if not cfg.train.batch_timesteps:
+        return cfg.train.batch_size
+    mean_len = float(np.minimum(data.data.episode_lengths, cfg.data.seq_len).mean())
+    return max(1, round(cfg.train.batch_timesteps / mean_len))
+
+
 def _headline(res: dict) -> dict:
     return {str(t): {"return_mean": r["return_mean"], "normalized_mean": r.get("normalized_mean")}
             for t, r in res["targets"].items()}
 
 
-def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list) -> dict:
-    """results.json: last-iterate scores are the headline; best-during-training is labelled."""
+def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list, *,
+                  raw: dict | None = None, agent: nn.Module | None = None,
+                  timesteps_seen: int | None = None, commands: list[str] = ()) -> dict:
+    """results.json: last-iterate scores are the headline; best-during-training is labelled.
+    ``raw``: the raw weights' evaluation when the headline is the weight average's."""
     best = None
     scored = [h for h in history if any(v["normalized_mean"] is not None
                                         for v in h["targets"].values())]
@@ -321,7 +439,10 @@ def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list)
         best_h = max(scored, key=lambda h: max(v["normalized_mean"] for v in h["targets"].values()))
         best = {"step": best_h["step"], "targets": best_h["targets"],
                 "note": "best evaluation during training; optimistic, not the headline"}
-    return {
+    commit, dirty = code_commit()
+    kind = ("scores" if cfg.eval.target_scores is not None
+            else "returns" if cfg.eval.target_returns is not None else "task")
+    out = {
         "dataset": data.summary(),
         "eval_spec": data.eval_spec.to_dict(),
         "agent": cfg.agent.name,
@@ -329,28 +450,63 @@ def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list)
         "act_mode": res["agent"]["act_mode"],
         "seed": cfg.train.seed,
         "step": step,
+        "weights": "ema" if cfg.train.ema else "raw",
         "last_iterate": res,
         "best_during_training": best,
         "history": history,
+        "eval_targets": {"kind": kind, "target_scores": cfg.eval.target_scores and
+                         list(cfg.eval.target_scores),
+                         "target_returns": list(data.eval_spec.target_returns)},
+        "n_params": sum(p.numel() for p in agent.parameters()) if agent is not None else None,
+        "batch_size": batch_size_for(cfg, data),
+        "timesteps_seen": timesteps_seen,
+        "provenance": {"command": commands[0] if commands else None,
+                       "commands": list(commands), "commit": commit, "dirty": dirty,
+                       "data_fingerprint": data.fingerprint},
         "config": config_lib.to_dict(cfg),
         "code": code_version(),
     }
+    if raw is not None:
+        out["last_iterate_raw"] = raw
+    return out
+
+
+def launch_command() -> str:
+    """This process's command line as a user would type it again (``rlmin ...`` for the CLI)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "cli.py" and Path(argv[0]).parent.name == "rlmin":
+        argv = ["rlmin", *argv[1:]]
+    elif argv and Path(argv[0]).name in ("rlmin", "__main__.py"):
+        argv = ["rlmin", *argv[1:]]
+    elif argv:
+        argv = [Path(sys.executable).name, *argv]
+    return f"cd {shlex.quote(os.getcwd())} && {shlex.join(argv)}"
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", *args], cwd=root, text=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_commit() -> tuple[str | None, bool | None]:
+    """The full git commit of the code that trained and whether the code (rlmin, agents, envs,
+    configs: what trains, not docs) had uncommitted changes; (None, None) outside git."""
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        return None, None
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--",
+                 "rlmin", "agents", "envs", "configs")
+    return commit, bool(dirty) if dirty is not None else None
 
 
 def code_version() -> str | None:
-    """The git commit of the code that trained (``+dirty`` with uncommitted changes), if known."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                                capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "rlmin", "agents", "envs", "configs"],  # what trains, not docs
-                               cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
+    """The short commit (``+dirty`` with uncommitted changes): the form older results carry."""
+    commit, dirty = code_commit()
+    return commit and commit[:7] + ("+dirty" if dirty else "")
 
 
 def write_results(path: Path, results: dict) -> None:

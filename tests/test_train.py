@@ -70,7 +70,8 @@ def test_tiny_run_writes_checkpoints_tensorboard_and_results(tmp_path, tiny_conf
     # The checkpoint holds the agent once (name, options, spec) and the eval spec once.
     payload = load_checkpoint(list_checkpoints(run)[-1])
     assert set(payload) == {"step", "model", "optimizer", "scheduler", "rng_per_rank", "sampler",
-                            "config", "agent", "eval_spec", "dataset", "eval_history"}
+                            "config", "agent", "eval_spec", "dataset", "eval_history",
+                            "timesteps_seen", "commands"}
     assert payload["agent"]["name"] == "decision"
     assert payload["agent"]["options"]["d_model"] == 16
     assert payload["agent"]["spec"]["seq_len"] == 10  # K: data.seq_len, through the spec
