@@ -2,7 +2,7 @@
 
     rlmin train CONFIG [CONFIG ...] [key=value ...]     train a run (configs merge left to right)
     rlmin train --resume RUN_DIR [train.steps=N ...]     continue (or extend) a run
-    rlmin eval CKPT|RUN_DIR [--episodes N] [--mode M] [--out F] [--overwrite]
+    rlmin eval CKPT|RUN_DIR [--episodes N] [--mode M] [--out F] [--overwrite] [--video F.mp4]
     rlmin export CKPT|RUN_DIR OUT.pt|OUT.onnx            a self-contained policy file
     rlmin data build TASK LEVEL [--steps N] [--policy P] [--sac-run DIR] [--overwrite]
     rlmin data list                                       local datasets with status and scores
@@ -97,6 +97,15 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--targets must be finite returns >= 0, got {args.targets}")
     out = Path(args.out) if args.out else _default_eval_path(Path(args.checkpoint), args)
     check_output(out, overwrite=args.overwrite, may_create=not args.out)
+    video = Path(args.video) if args.video else None
+    if video is not None:
+        from rlmin.video import VideoError, check_video_path
+
+        try:
+            check_video_path(video)
+        except VideoError as e:
+            raise UsageError(str(e)) from None
+        check_output(video, overwrite=args.overwrite)
     try:
         res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
                                   target_returns=args.targets, seed=args.seed,
@@ -109,7 +118,24 @@ def cmd_eval(args) -> int:
     out.parent.mkdir(exist_ok=True)  # a run dir's eval/ folder (checked above)
     atomic_write_bytes(out, lambda f: f.write(json.dumps(res, indent=2, default=float).encode()))
     print(f"results: {out}")
+    if video is not None:
+        print(f"video: {record_video(args, video, res)}")
     return 0
+
+
+def record_video(args, video: Path, res: dict) -> str:
+    """The evaluation's first episode at its first target, replayed into ``video``."""
+    from rlmin.evaluate import episode_seed, load_actor
+    from rlmin.video import record_episode
+
+    agent, spec, _, _ = load_actor(args.checkpoint, args.mode)
+    target = next(iter(res["targets"].values()))["target_return"]
+    with agent.acting(args.mode):
+        made = record_episode(agent, spec, video, target_return=target,
+                              seed=episode_seed(args.seed, 0),
+                              max_episode_steps=args.max_episode_steps)
+    return (f"{made['path']} ({made['length']} steps, return {made['return']:.1f}, target "
+            f"{target:g}, {made['frames']} frames at {made['fps']:.0f} fps)")
 
 
 def _default_eval_path(checkpoint: Path, args) -> Path:
@@ -275,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episode time limit (default: the task's)")
     p.add_argument("--out", default=None, help="results JSON (default: next to the checkpoint, "
                                                "named after mode, seed and episodes)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (or --video) file")
+    p.add_argument("--video", default=None, metavar="FILE.mp4|FILE.gif",
+                   help="also record the first episode (first target, first seed) from MuJoCo's "
+                        "offscreen renderer (MUJOCO_GL=egl unless set)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a self-contained policy (no dataset needed)")
@@ -346,7 +376,9 @@ def _user_error(e: BaseException) -> tuple[int, str] | None:
 
     if isinstance(e, (ConfigError, UsageError, RunDirError)):
         return 2, "error"
-    if isinstance(e, (DatasetNotFoundError, DataError, CheckpointError, TrainingError,
+    from rlmin.video import VideoError
+
+    if isinstance(e, (DatasetNotFoundError, DataError, CheckpointError, TrainingError, VideoError,
                       RegistryError, FileNotFoundError, FileExistsError, ValueError)):
         return 1, "error"
     if isinstance(e, OSError):  # disk full, permissions, read-only mounts
@@ -370,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("RLMIN_DEBUG") == "1"
     tune_cpu_allocator()  # large CPU tensors: no fresh mmap + page faults per step (rlmin/cpu.py)
     try:
+        if getattr(args, "video", None):
+            from rlmin.video import choose_gl_backend
+
+            choose_gl_backend()  # before anything imports MuJoCo
         return args.func(args)
     except StopRequested as e:
         print(str(e), file=sys.stderr)

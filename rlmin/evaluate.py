@@ -21,6 +21,8 @@ How episodes are run (so that numbers are comparable and reproducible):
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 from pathlib import Path
@@ -297,31 +299,38 @@ class EvalUsageError(ValueError):
     lacks); found before any episode runs."""
 
 
-def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, target_returns=None,
-                        seed: int = 10_000, n_envs: int | None = None,
-                        max_episode_steps: int | None = None) -> dict:
-    """``rlmin eval``: evaluate a training checkpoint, a run dir (its latest checkpoint) or an
-    exported policy (.pt, or .onnx run by ONNX Runtime) in its own environment, acting in ``mode``
-    (None: the agent's own)."""
+def load_actor(path, mode: str | None = None):
+    """What ``rlmin eval`` plays: ``(agent, spec, describe, checkpoint)`` for a training
+    checkpoint, a run dir (its latest checkpoint) or an exported policy (.pt, or .onnx run by ONNX
+    Runtime), checked for acting ``mode`` (None: the agent's own). The agent acts in that mode
+    inside ``with agent.acting(mode)`` (an ONNX policy: always carry)."""
     from rlmin.policy import load_payload, agent_from_payload
 
     if Path(path).suffix == ".onnx":
-        return _evaluate_onnx(Path(path), episodes=episodes, mode=mode, target_returns=target_returns,
-                              seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps)
+        return _load_onnx(Path(path), mode)
     payload, source = load_payload(path)
     agent = agent_from_payload(payload)
-    spec = EvalSpec.from_dict(payload["eval_spec"])
     if mode is not None:
         try:
             type(agent).check_act_mode(agent.options, mode)
         except ValueError as e:
             raise EvalUsageError(f"--mode {mode}: {e}") from None
     with agent.acting(mode):
+        describe = agent.describe()
+    return (agent, EvalSpec.from_dict(payload["eval_spec"]), describe,
+            {"path": str(source), "step": payload.get("step")})
+
+
+def evaluate_checkpoint(path, *, episodes: int = 10, mode: str | None = None, target_returns=None,
+                        seed: int = 10_000, n_envs: int | None = None,
+                        max_episode_steps: int | None = None) -> dict:
+    """``rlmin eval``: evaluate what :func:`load_actor` loads in its own environment."""
+    agent, spec, describe, checkpoint = load_actor(path, mode)
+    with agent.acting(mode):
         res = evaluate(agent, spec, target_returns=target_returns, episodes=episodes,
                        n_envs=n_envs, seed=seed, max_episode_steps=max_episode_steps,
                        progress=True)
-        res["agent"] = agent.describe()
-    res["checkpoint"] = {"path": str(source), "step": payload.get("step")}
+    res["agent"], res["checkpoint"] = describe, checkpoint
     return res
 
 
@@ -335,11 +344,15 @@ class _PolicyAgent(torch.nn.Module):
     def reset(self, n_envs, target_return):
         self.policy.reset(n_envs, target_return)
 
+    @contextlib.contextmanager
+    def acting(self, mode):  # its graph is one carry step: _load_onnx refused any other mode
+        yield self
+
     def act(self, obs, reward, state, done=None):
         return self.policy.act(obs, reward, done), state
 
 
-def _evaluate_onnx(path: Path, *, mode: str | None, **kwargs) -> dict:
+def _load_onnx(path: Path, mode: str | None):
     """The deployed file itself, run by ONNX Runtime: what a quantized policy scores."""
     from rlmin.onnx_policy import OnnxPolicy
 
@@ -354,7 +367,6 @@ def _evaluate_onnx(path: Path, *, mode: str | None, **kwargs) -> dict:
     if mode not in (None, "carry"):
         raise EvalUsageError(f"--mode {mode}: an ONNX policy acts in carry mode only (its graph is one carry step)")
     meta = policy.metadata
-    res = evaluate(_PolicyAgent(policy), EvalSpec.from_dict(meta["eval_spec"]), progress=True, **kwargs)
-    res["agent"] = {**meta.get("describe", {}), "policy": "onnx", "quantization": meta.get("quantization")}
-    res["checkpoint"] = {"path": str(path), "step": meta.get("step"), "source": meta.get("source")}
-    return res
+    describe = {**meta.get("describe", {}), "policy": "onnx", "quantization": meta.get("quantization")}
+    return (_PolicyAgent(policy), EvalSpec.from_dict(meta["eval_spec"]), describe,
+            {"path": str(path), "step": meta.get("step"), "source": meta.get("source")})

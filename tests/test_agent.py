@@ -368,7 +368,7 @@ def test_bc_agent():
     expected = agent.mlp(torch.as_tensor((traj["obs"][:3, 1] - OBS_MEAN) / OBS_STD)).detach().numpy()
     np.testing.assert_allclose(action2, expected, **TOL)
     opts = json.loads(json.dumps(agent.options_dict()))
-    assert opts == {"hidden": [32, 32], "dropout": 0.0}
+    assert opts == {"hidden": [32, 32], "dropout": 0.0, "context": 1}
     clone = BCAgent(DataSpec(OBS, ACT), BCAgent.options_from_dict(opts)).double()
     clone.load_state_dict(agent.state_dict())
     np.testing.assert_allclose(clone.act(traj["obs"][:3, 1], None, clone.reset(3))[0], action2, **TOL)
