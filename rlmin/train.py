@@ -405,8 +405,8 @@ def eval_targets(spec: EvalSpec, cfg) -> EvalSpec:
             raise config_lib.ConfigError(
                 f"config key 'eval.target_scores' needs reference scores, and {spec.dataset_id} "
                 "has none: give raw eval.target_returns instead")
-        returns = tuple(spec.ref_min + s / 100.0 * (spec.ref_max - spec.ref_min)
-                        for s in cfg.target_scores)
+        returns = tuple(round(spec.ref_min + s / 100.0 * (spec.ref_max - spec.ref_min), 1)
+                        for s in cfg.target_scores)  # 0.1 of a return: short keys, same targets
         return spec.replace(target_returns=returns)
     if cfg.target_returns is not None:
         return spec.replace(target_returns=tuple(float(t) for t in cfg.target_returns))

@@ -137,6 +137,7 @@ def test_target_scores_become_raw_returns_through_the_datasets_references(tmp_pa
     results = json.loads((run / "results.json").read_text())
     lo, hi = TINY_REF
     want = [lo + 1.10 * (hi - lo), lo + 0.55 * (hi - lo)]  # 111 and 56 for refs (1, 101)
+    assert list(results["last_iterate"]["targets"]) == ["111", "56"]  # rounded to 0.1: short keys
     assert results["eval_targets"] == {"kind": "scores", "target_scores": [110.0, 55.0],
                                        "target_returns": pytest.approx(want)}
     assert [t["target_return"] for t in results["last_iterate"]["targets"].values()] == \
