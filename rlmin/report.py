@@ -15,10 +15,18 @@ that sets runs of one dataset apart. Scores published on other benchmarks (the D
 D4RL-v2 numbers, from the task registry) get their own table, never a column beside ours.
 A run's final checkpoint evaluated in another acting mode (``rlmin eval RUN --mode window``, same
 episodes) gets a column per dataset and agent rows of its own, with the paired per-run difference.
+
+Provenance: runs of one dataset id whose data fingerprints differ are refused, never pooled
+(:func:`check_fingerprints`); the report lists the commits the runs were trained at, ordered by
+this repository's history where the report is written inside it (:func:`commit_summary`); the
+tables give each row's parameter count and real (unpadded) timesteps seen; whether the targets
+were asked as normalised scores or raw returns is said once, or per row where runs differ.
 """
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -59,10 +67,15 @@ def read_results(path, planned: dict | None = None) -> dict:
                         "normalized": t.get("normalized_mean"), "episodes": t.get("episodes"),
                         "best_normalized": _best(res, key)}
     run_dir = path.parent
+    commit, dirty = _code_of(res)
+    prov, eval_targets = res.get("provenance") or {}, res.get("eval_targets") or {}
     commands = []  # every launch of the run, in order (a resumed run has several)
     if (run_dir / COMMAND_FILE).is_file():
         commands = [ln for ln in (run_dir / COMMAND_FILE).read_text().splitlines()
                     if ln.strip() and not ln.startswith("#")]
+    if not commands:  # committed results keep only results.json: newer ones carry the command
+        commands = [c for c in (prov.get("commands") or [prov.get("command")])
+                    if isinstance(c, str) and c.strip()]
     return {
         "path": str(path), "run_dir": str(run_dir), "task": task, "level": level,
         "dataset_id": spec.get("dataset_id") or ds.get("id"), "task_config": config_name,
@@ -76,7 +89,37 @@ def read_results(path, planned: dict | None = None) -> dict:
         "settings": {k: v for k, v in _flat(cfg).items() if k not in BOOKKEEPING},
         "other_modes": _other_modes(run_dir, res),
         "eval_curves": _eval_curves(res),
+        # provenance; older files lack some of it (None then)
+        "fingerprint": prov.get("data_fingerprint") or ds.get("fingerprint"),
+        "commit": commit, "dirty": dirty, "command": prov.get("command"),
+        "n_params": _int_or_none(res.get("n_params")),
+        "timesteps_seen": _int_or_none(res.get("timesteps_seen")),
+        "target_kind": eval_targets.get("kind"), "target_scores": eval_targets.get("target_scores"),
+        "weights": res.get("weights"),  # "ema": last_iterate is the weight average's (read as is)
     }
+
+
+_SHA = re.compile(r"[0-9a-f]{4,40}")
+
+
+def _code_of(res: dict) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of a results.json: ``provenance`` (full sha) in new files, else the older
+    ``code`` string, ``<short sha>[+dirty]``. (None, None) when neither records one."""
+    prov = res.get("provenance") or {}
+    commit, dirty = prov.get("commit"), prov.get("dirty")
+    if not (isinstance(commit, str) and _SHA.fullmatch(commit.strip().lower())):
+        commit, dirty = None, None
+        code = res.get("code")
+        if isinstance(code, str):
+            sha, _, flag = code.strip().partition("+")
+            if _SHA.fullmatch(sha.lower()):
+                commit, dirty = sha, flag == "dirty"
+    return (commit.strip().lower() if commit else None,
+            dirty if isinstance(dirty, bool) else None)
+
+
+def _int_or_none(v) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _eval_curves(res: dict) -> dict[str, tuple[list, list]]:
@@ -156,8 +199,29 @@ def collect(out_dir) -> list[dict]:
             records.append(read_results(path, planned.get(path.parent.resolve())))
         except (json.JSONDecodeError, OSError, AttributeError, TypeError, ValueError) as e:
             print(f"warning: skipping {path}: {e}", file=sys.stderr)
+    check_fingerprints(records)
     mark_variants(records)
     return records
+
+
+def check_fingerprints(records: Sequence[dict]) -> None:
+    """Raise :class:`ReproError` where runs of one dataset id were trained on data with different
+    fingerprints (the dataset was rebuilt between them): such runs are never pooled. A record
+    without a fingerprint (older files) conflicts with none."""
+    clashes = []
+    for dataset in sorted({r["dataset_id"] for r in records}, key=str):
+        seen: dict[str, list[str]] = {}  # fingerprint -> its runs' folders
+        for rec in records:
+            if rec["dataset_id"] == dataset and rec.get("fingerprint"):
+                seen.setdefault(str(rec["fingerprint"]), []).append(rec["run_dir"])
+        if len(seen) > 1:
+            clashes.append(f"{dataset} has " + " and ".join(
+                f"fingerprint {fp} ({len(dirs)} run{'s' * (len(dirs) > 1)}, e.g. {sorted(dirs)[0]})"
+                for fp, dirs in sorted(seen.items())))
+    if clashes:
+        raise ReproError("runs of one dataset trained on different data, not pooled: "
+                         + "; ".join(clashes) + ". Rebuild the dataset and rerun the runs of the "
+                         "stale fingerprint, or move them to another folder, then report again")
 
 
 def mark_variants(records: Sequence[dict]) -> None:
@@ -231,6 +295,7 @@ def dataset_rows(records: Sequence[dict], n_resamples: int | None = None,
             "ref": {"min": first["ref_min"], "max": first["ref_max"], "source": first["ref_source"]},
             "behaviour_normalized": first["behaviour_normalized"], "warnings": [],
             "other_modes": {},  # {mode: summary} where every run was also evaluated in that mode
+            **_run_facts(recs),
         }
         for mode in sorted({m for r in recs for m in r["other_modes"]}):
             values = [r["other_modes"].get(mode, {}).get(gkey[3]) for r in recs]
@@ -253,6 +318,7 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
     from rlmin import stats
 
     groups: dict[tuple, dict[str, list[float]]] = {}
+    members: dict[tuple, list[dict]] = {}  # the runs of each group
     paired: dict[tuple, list[float]] = {}  # own mode minus the other, per run with both
     for rec in sorted(records, key=_dataset_order):
         key, first = next(iter(rec["targets"].items()), (None, {}))
@@ -261,17 +327,20 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
             continue
         own = groups.setdefault((rec["label"], rec["steps"], None), {})
         own.setdefault(rec["dataset_id"], []).append(first)
+        members.setdefault((rec["label"], rec["steps"], None), []).append(rec)
         for mode, scores in rec["other_modes"].items():  # the same checkpoint acting another way
             if scores.get(key) is not None:
                 group = (rec["label"], rec["steps"], mode)
                 groups.setdefault(group, {}).setdefault(rec["dataset_id"], []).append(scores[key])
                 paired.setdefault(group, []).append(first - scores[key])
+                members.setdefault(group, []).append(rec)
     rows = []
     order = lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")  # noqa: E731 (label, steps, own mode first)
     for (label, steps, mode), per in sorted(groups.items(), key=order):
         row = {"label": label if mode is None else f"{label}, {mode} acting (same checkpoints)",
                "steps": steps, "datasets": list(per), "mode": mode,
-               **stats.iqm_over_tasks(per, **_stats_kw(n_resamples, seed))}
+               **stats.iqm_over_tasks(per, **_stats_kw(n_resamples, seed)),
+               **_run_facts(members[(label, steps, mode)])}
         if mode is not None:
             diffs = paired[(label, steps, mode)]
             row["own_minus_this"] = {"n": len(diffs), "mean": sum(diffs) / len(diffs),
@@ -279,6 +348,21 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
                                      "own_lower": sum(d < 0 for d in diffs)}
         rows.append(row)
     return rows
+
+
+TARGET_KINDS = {"scores": "normalised scores", "returns": "raw returns",
+                "task": "raw returns (the task's defaults)", None: "not recorded"}
+
+
+def _run_facts(recs: Sequence[dict]) -> dict:
+    """What a row's runs were: their parameter counts (distinct), the mean real (unpadded) dataset
+    timesteps they trained on over the runs that record it, and how their targets were given."""
+    seen = [r["timesteps_seen"] for r in recs if r.get("timesteps_seen") is not None]
+    return {"n_params": sorted({r["n_params"] for r in recs if r.get("n_params") is not None}),
+            "timesteps_seen": sum(seen) / len(seen) if seen else None,
+            "timesteps_seen_runs": len(seen),
+            "target_kinds": sorted({TARGET_KINDS.get(r.get("target_kind"), str(r.get("target_kind")))
+                                    for r in recs})}
 
 
 def _stats_kw(n_resamples: int | None, seed: int | None) -> dict:
@@ -300,6 +384,103 @@ def warnings_of(records: Sequence[dict], rows: Sequence[dict], agents: Sequence[
         out.append("the agents' IQMs cover different datasets: compare them only over the same "
                    "ones (the datasets column)")
     return out
+
+
+# ============================================================================ provenance
+NOT_IN_HISTORY = "not in this repository's history"
+
+
+def _git(cwd: Path, *args: str, stdin: str | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, input=stdin, text=True,
+                             capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def commit_summary(records: Sequence[dict], cwd=None) -> dict:
+    """The commits the runs were trained at: ``{"commits": [{"commit", "short", "runs", "dirty",
+    "dirty_unknown", "in_history"}], "no_commit": runs recording none, "git": whether ``cwd``
+    (default: the working directory) is in a git repository}``. Inside one, the commits it knows
+    (older files give 7-digit ones) are resolved to full ones and ordered oldest first by
+    ``git rev-list HEAD``; ``in_history`` is False for a commit that HEAD does not reach, and
+    those come last. Outside one, ``in_history`` is None and the order is the runs' folders'."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    recorded = list(dict.fromkeys(r["commit"] for r in records if r.get("commit")))
+    is_git = bool(recorded) and _git(cwd, "rev-parse", "--git-dir") is not None
+    full: dict[str, str] = {}  # recorded -> full sha, for the commits this repository has
+    history: dict[str, int] = {}  # full sha -> position in `git rev-list HEAD` (0: HEAD)
+    if is_git:
+        out = _git(cwd, "cat-file", "--batch-check",
+                   stdin="".join(f"{c}^{{commit}}\n" for c in recorded)) or ""
+        for c, line in zip(recorded, out.splitlines()):
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "commit":
+                full[c] = parts[0]
+        revs = _git(cwd, "rev-list", "HEAD") or ""
+        history = {sha: i for i, sha in enumerate(revs.split())}
+    for c in recorded:  # a short sha of a full one recorded elsewhere: the same commit
+        if c not in full:
+            longer = {f for f in recorded if len(f) == 40 and f.startswith(c)} | \
+                {f for f in full.values() if f.startswith(c)}
+            if len(longer) == 1:
+                full[c] = longer.pop()
+    by_commit: dict[str, dict] = {}
+    for rec in records:
+        if not rec.get("commit"):
+            continue
+        sha = full.get(rec["commit"], rec["commit"])
+        entry = by_commit.setdefault(sha, {"commit": sha, "short": sha[:7], "runs": 0, "dirty": 0,
+                                           "dirty_unknown": 0,
+                                           "in_history": (sha in history) if is_git else None})
+        entry["runs"] += 1
+        entry["dirty"] += rec.get("dirty") is True
+        entry["dirty_unknown"] += rec.get("dirty") is None
+    commits = list(by_commit.values())
+    if is_git:  # oldest first, then the commits HEAD does not reach
+        commits.sort(key=lambda e: (not e["in_history"], -history.get(e["commit"], 0)))
+    return {"commits": commits, "no_commit": sum(not r.get("commit") for r in records),
+            "git": is_git}
+
+
+def format_commits(summary: dict, inline: int = 6) -> str:
+    """One paragraph: the commit range and, per commit, its runs (dirty ones counted); past
+    ``inline`` commits, the per-commit list goes in a folded block after the paragraph."""
+    commits, none = summary["commits"], summary["no_commit"]
+    if not commits:
+        return (f"**Code.** None of the {none} runs records its commit (older results.json, or "
+                "trained outside a git checkout).")
+    ours = [e for e in commits if e["in_history"]]
+
+    def one(e: dict) -> str:
+        dirty = f", {e['dirty']} dirty" if e["dirty"] else ""
+        dirty += f", {e['dirty_unknown']} unknown if dirty" if e["dirty_unknown"] else ""
+        away = f"; {NOT_IN_HISTORY}" if e["in_history"] is False else ""
+        return f"`{e['short']}` ({e['runs']} run{'s' * (e['runs'] > 1)}{dirty}{away})"
+
+    if not summary["git"]:
+        span = "in no order: the report was written outside a git repository"
+    elif len(ours) > 1:
+        span = f"oldest first by this repository's history, `{ours[0]['short']}` to " \
+               f"`{ours[-1]['short']}`"
+    else:
+        span = "oldest first by this repository's history"
+    n = len(commits)
+    text = f"**Code.** The runs come from {n} commit{'s' * (n > 1)} ({span})"
+    if n <= inline:
+        text += ": " + ", ".join(map(one, commits)) + "."
+    else:
+        runs, dirty = sum(e["runs"] for e in commits), sum(e["dirty"] for e in commits)
+        away = [f"`{e['short']}`" for e in commits if e["in_history"] is False]
+        text += f"; {dirty} of their {runs} runs dirty" + (
+            f"; {NOT_IN_HISTORY}: {', '.join(away)}" if away else "") + "."
+    if none:
+        text += f" {none} run{'s' * (none > 1)} record{'s' * (none == 1)} no commit."
+    if n > inline:
+        text += ("\n\n<details><summary>runs per commit</summary>\n\n"
+                 + ", ".join(map(one, commits)) + "\n\n</details>")
+    return text
 
 
 # ============================================================================ learning curves
@@ -354,36 +535,88 @@ def _cell(v, digits=1) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _params(values: Sequence[int]) -> str:
+    if not values:
+        return "–"
+    return f"{min(values):,}" + (f"–{max(values):,}" if len(values) > 1 else "")
+
+
+def _timesteps(row: dict) -> str:
+    mean, k, n = row.get("timesteps_seen"), row.get("timesteps_seen_runs", 0), row["n"]
+    if mean is None:
+        return "–"
+    return f"{mean / 1e6:.2f}" + (f" ({k} of {n} runs)" if k < n else "")
+
+
+def mixed_target_kinds(rows: Sequence[dict]) -> bool:
+    """Whether the rows' runs were given their targets in more than one way (scores, returns)."""
+    return len({k for r in rows for k in r.get("target_kinds", [])}) > 1
+
+
+def format_targets(records: Sequence[dict]) -> str:
+    """The one sentence on how the targets were given; per row instead where runs differ."""
+    kinds = {r.get("target_kind") for r in records}
+    if len({TARGET_KINDS.get(k, str(k)) for k in kinds}) > 1:
+        return ("**Targets.** The runs were given their targets in different ways (normalised "
+                "scores, raw returns): the tables say which per row ('targets given as').")
+    kind = next(iter(kinds), None)
+    if kind == "scores":
+        scores = {tuple(r.get("target_scores") or ()) for r in records}
+        given = f" {', '.join(f'{v:g}' for v in next(iter(scores)))}" if len(scores) == 1 and \
+            next(iter(scores)) else ""
+        return (f"**Targets.** Every run's targets were given as normalised scores (`eval.target_"
+                f"scores`{given}), turned into raw returns with each dataset's reference "
+                "returns: the target column shows those returns.")
+    if kind in ("returns", "task"):
+        how = "`eval.target_returns`" if kind == "returns" else "the task's defaults"
+        return f"**Targets.** Every run's targets were given as raw returns ({how})."
+    return ("**Targets.** The target column is a raw return; how the runs' targets were given "
+            "(normalised scores or raw returns) is not recorded (results.json from before the "
+            "trainer recorded it).")
+
+
 def _published_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
     """The (method, benchmark) pairs that have a published score on any row, in order."""
     return list(dict.fromkeys((p["method"], p["benchmark"]) for r in rows for p in r["published"]))
 
 
-def format_agent_table(agents: Sequence[dict]) -> str:
+def format_agent_table(agents: Sequence[dict], kinds: bool | None = None) -> str:
+    """``kinds``: add a 'targets given as' column (default: where the rows' runs differ)."""
+    kinds = mixed_target_kinds(agents) if kinds is None else kinds
     lines = ["| agent | steps | runs | datasets | **IQM, normalised, last iterate** (first target) "
              "| 95% CI (stratified bootstrap) | mean | the run's own mode minus this one, per run "
-             "(mean; own higher / lower) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "(mean; own higher / lower) | parameters | timesteps seen (M, real, mean) |"
+             + (" targets given as |" if kinds else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if kinds else "")]
     for a in agents:
         d = a.get("own_minus_this")
         paired = f"{d['mean']:+.1f} ({d['own_higher']} / {d['own_lower']} of {d['n']})" if d else "—"
         lines.append(f"| {a['label']} | {a['steps']} | {a['n']} | {len(a['datasets'])} | "
-                     f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} | {paired} |")
+                     f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} | {paired} | "
+                     f"{_params(a.get('n_params', []))} | {_timesteps(a)} |"
+                     + (f" {'; '.join(a.get('target_kinds', []))} |" if kinds else ""))
     return "\n".join(lines)
 
 
-def format_table(rows: Sequence[dict]) -> str:
+def format_table(rows: Sequence[dict], kinds: bool | None = None) -> str:
+    """``kinds``: add a 'targets given as' column (default: where the rows' runs differ)."""
+    kinds = mixed_target_kinds(rows) if kinds is None else kinds
     lines = ["| dataset (Minari) | agent | target | steps | seeds | **normalised, last iterate** "
              "(mean ± std) | 95% CI of mean (bootstrap) | raw return, last iterate (mean ± std) "
              "| best during training (normalised; optimistic, not the headline) "
-             "| another acting mode, same checkpoints and episodes (normalised, mean ± std) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| another acting mode, same checkpoints and episodes (normalised, mean ± std) "
+             "| parameters | timesteps seen (M, real, mean) |"
+             + (" targets given as |" if kinds else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if kinds else "")]
     for r in rows:
         n = r["normalized"]
         lines.append(
             f"| {r['dataset']} | {r['label']} | {r['target_key']} | {r['steps']} | {r['n']} | "
             f"{_pm(n, 1)} | {_ci(n['ci_low'], n['ci_high']) if n else '—'} | {_pm(r['raw'], 0)} | "
             f"{_pm(r['best_normalized'], 1)} | "
-            f"{'; '.join(f'{m} {_pm(v, 1)}' for m, v in r['other_modes'].items()) or '—'} |")
+            f"{'; '.join(f'{m} {_pm(v, 1)}' for m, v in r['other_modes'].items()) or '—'} | "
+            f"{_params(r.get('n_params', []))} | {_timesteps(r)} |"
+            + (f" {'; '.join(r.get('target_kinds', []))} |" if kinds else ""))
     return "\n".join(lines)
 
 
@@ -414,8 +647,12 @@ def _driver_commands(out_dir: Path) -> list[str]:
 
 def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records: Sequence[dict],
                  warnings: Sequence[str], curves_ok: bool, scores_ok: bool, n_resamples: int,
-                 seed: int) -> Path:
+                 seed: int, commits: dict | None = None) -> Path:
+    """``commits``: :func:`commit_summary` of ``records`` (computed here when not given)."""
     out_dir = Path(out_dir)
+    commits = commit_summary(records) if commits is None else commits
+    kinds = mixed_target_kinds([{"target_kinds": [TARGET_KINDS.get(r.get("target_kind"))]}
+                                for r in records])
     lines = [
         "# rlmin reproduction report", "",
         f"{len(records)} runs (results.json) under `{out_dir}`; written "
@@ -426,6 +663,7 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "share the resolved dataset id. Scores that papers published on other benchmarks (D4RL-v2: "
         "v2 envs, D4RL's datasets and reference returns) are not comparable and never share a "
         "table with these: they have their own section at the end, for orientation only.", "",
+        format_targets(records), "", format_commits(commits), "",
         "**Headline rule.** The last-iterate policy (after the final training step). Per agent: "
         "the interquartile mean (IQM) over all its runs, every dataset and seed, of the "
         "normalised score at each run's first target return (the task's higher one); its 95% CI "
@@ -433,17 +671,18 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         f"IQM of the pooled draw; {n_resamples:,} resamples, seed {seed}). Per dataset: one row "
         "per target return, mean ± sample std (ddof=1) over seeds and a 95% percentile bootstrap "
         "CI of the mean; with 3-5 seeds it cannot show more spread than the seeds have. The IQM "
-        "weights the runs across the 25%/75% quantiles by the fraction inside (rliable's "
-        "`trim_mean(x, 0.25)` drops whole runs; the two agree when the number of runs is a "
-        "multiple of 4). Best during training: for each run the highest evaluation of that target "
+        "is rliable's (`scipy.stats.trim_mean(x, 0.25)`): int(n/4) whole runs are dropped from "
+        "each end, so over 3 runs it is their mean. Parameters: the agent's parameter count; "
+        "timesteps seen: the real (unpadded) dataset steps a run trained on, in millions, mean "
+        "over the row's runs. Best during training: for each run the highest evaluation of that target "
         "during training (the final one included), then mean ± std over seeds; it picks the best "
         "of several noisy evaluations, so it is optimistic, and is never the headline. Another "
         "acting mode: `rlmin eval RUN --mode window` (or carry) of a run's final checkpoint with "
         "the last iterate's episode seed and count, so both modes play the same episodes; its "
         "agent rows pool those evaluations, and the last column is the per-run difference "
         "(the run's own mode minus the other) at the first target.", "",
-        "## Per agent", "", format_agent_table(agents), "",
-        "## Per dataset", "", format_table(rows), "",
+        "## Per agent", "", format_agent_table(agents, kinds), "",
+        "## Per dataset", "", format_table(rows, kinds), "",
     ]
     if warnings:
         lines += ["**Warnings**", "", *[f"- {w}" for w in warnings], ""]
@@ -513,19 +752,23 @@ def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
     rows = dataset_rows(records, n_resamples=n_resamples, seed=seed)
     agents = agent_rows(records, n_resamples=n_resamples, seed=seed)
     warnings = warnings_of(records, rows, agents)
+    commits = commit_summary(records)
     scores_ok = plots.plot_scores(rows, out_dir / "scores.png")
     plots.plot_first_targets(rows, out_dir / "headline.png")  # written whenever scores.png is
     curves_ok = plots.plot_curves(collect_curves(records), out_dir / "curves.png")
     md = write_report(out_dir, rows, agents, records, warnings, curves_ok, scores_ok,
-                      n_resamples, seed)
+                      n_resamples, seed, commits=commits)
     (out_dir / "report.json").write_text(json.dumps(
-        {"agents": agents, "rows": rows, "warnings": warnings}, indent=1, default=float))
-    echo(format_agent_table(agents) + "\n\n" + format_table(rows))
+        {"agents": agents, "rows": rows, "warnings": warnings, "commits": commits,
+         "targets": format_targets(records).replace("**", "")}, indent=1, default=float))
+    echo(format_agent_table(agents) + "\n\n" + format_table(rows) + "\n\n"
+         + format_commits(commits).split("\n")[0].replace("**", ""))
     for w in warnings:
         echo(f"warning: {w}")
     echo(f"\nwrote {md}, {out_dir / 'report.json'}"
          + (f", {out_dir / 'headline.png'}, {out_dir / 'scores.png'}" if scores_ok else "")
          + (f", {out_dir / 'curves.png'}" if curves_ok else ""))
     return {"rows": rows, "agents": agents, "warnings": warnings, "records": records,
+            "commits": commits,
             "report": md, "scores_png": out_dir / "scores.png" if scores_ok else None,
             "curves_png": out_dir / "curves.png" if curves_ok else None}

@@ -1,29 +1,34 @@
 """Statistics over runs (seeds) for honest tables: bootstrap confidence intervals and the IQM.
 
-The choices, stated once here and in every report that uses them:
+The choices, stated once here and in every report that uses them. They are rliable's
+(Agarwal et al. 2021, ``rliable.metrics`` / ``rliable.library``), the field's own library:
 
-* **Confidence interval**: a percentile bootstrap of the mean over runs (Efron): draw ``n``
-  runs with replacement ``n_resamples`` times (default 10,000), take the statistic of each
-  resample, and report the 2.5% and 97.5% quantiles of those. The generator is numpy's
-  ``default_rng(seed)`` with a fixed default seed, so a table is reproducible to the digit.
-  It is numpy only, on purpose: scipy is not one of rlmin's dependencies, and a table should not
-  change with whether it happens to be installed. (``scipy.stats.bootstrap(..., method=
-  "percentile")`` computes the same interval from a different random stream; the tests compare
-  the two when scipy is there.) With 3-5 seeds a percentile bootstrap is narrow (it cannot see
-  more spread than the runs show): read it together with the number of runs.
-* **Stratified bootstrap** (rliable's ``StratifiedIndependentBootstrap``, Agarwal et al. 2021),
-  for one number over several tasks: each resample draws, within every task, as many runs as
-  that task has, with replacement, and takes the statistic (the IQM) of the pooled draw. Tasks
-  are never resampled, so every resample holds each task in its own share.
-* **IQM** (interquartile mean): the mean of the middle 50% of the runs, where a run lying across
-  the 25% or 75% boundary counts with the fraction of it that lies inside. Sorted values each
-  cover an interval of width ``1/n`` on [0, 1]; each is weighted by its overlap with
-  [0.25, 0.75], and the weights add up to 0.5. When ``n`` is a multiple of 4 this equals
-  ``scipy.stats.trim_mean(x, 0.25)``, which is what rliable's ``aggregate_iqm`` (Agarwal et al.
-  2021) calls; for other ``n`` ``trim_mean`` drops whole runs only (with 3 runs it drops none
-  and gives the plain mean), so the two differ. We use the fractional form because our tables
-  have 3 or 5 seeds.
+* **IQM** (interquartile mean): exactly ``rliable.metrics.aggregate_iqm``, which is
+  ``scipy.stats.trim_mean(x, proportiontocut=0.25, axis=None)``: sort the runs, drop
+  ``int(0.25 * n)`` whole runs from each end, take the plain mean of the rest. With 3 runs
+  nothing is dropped (the IQM is the mean), with 5-7 one run per side, with 8 two.
+* **Confidence interval**: a percentile bootstrap (Efron): draw ``n`` runs with replacement
+  ``n_resamples`` times (default 10,000), take the statistic of each resample, and report the
+  2.5% and 97.5% quantiles of those (``np.quantile``'s linear interpolation, as arch's
+  ``conf_int(method="percentile")`` that rliable calls). With 3-5 seeds a percentile bootstrap is
+  narrow (it cannot see more spread than the runs show): read it together with the number of runs.
+* **Stratified bootstrap** (rliable's ``get_interval_estimates`` with one array of runs per task,
+  i.e. ``StratifiedIndependentBootstrap``), for one number over several tasks: each resample
+  draws, within every task, as many runs as that task has, with replacement, and takes the
+  statistic (the IQM) of the pooled draw. Tasks are never resampled (rliable's default
+  ``task_bootstrap=False``), so every resample holds each task in its own share.
 * Spread over runs is the sample standard deviation (``ddof=1``); ``None`` for a single run.
+
+**Why our own numpy code and not rliable itself.** ``pip install rliable`` pulls arch,
+statsmodels, pandas and seaborn (about 190 MB), and as released (rliable 1.2.0 caps
+``arch<8``; arch 7.2 imports a private pandas helper whose signature pandas 3 changed) it does
+not even import beside pandas 3. Its stratified bootstrap draws its indices from numpy's
+*global* ``np.random`` and ignores the ``random_state`` it is given, so a table would depend on
+whatever else seeded numpy; ours draws from ``default_rng(seed)`` and is reproducible to the
+digit. It also loops in Python (about 0.4 ms a resample). The method is the same, and
+tests/test_stats.py checks it against rliable (in the ``dev`` extra): the IQM to 1e-12, the
+intervals to a tolerance that a fractional IQM or an unstratified bootstrap fails. numpy only:
+scipy is not needed here.
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["iqm", "bootstrap_ci", "stratified_bootstrap_ci", "summarize", "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
+__all__ = ["iqm", "bootstrap_ci", "stratified_bootstrap_ci", "iqm_over_tasks", "summarize",
+           "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -46,21 +52,23 @@ def _as_1d(values) -> np.ndarray:
     return x
 
 
-def iqm(values, axis: int = -1) -> np.ndarray | float:
-    """Interquartile mean with fractional weights at the quartiles (module docstring).
+def iqm(values, axis: int | None = -1) -> np.ndarray | float:
+    """Interquartile mean, rliable's ``aggregate_iqm``: ``scipy.stats.trim_mean(x, 0.25)``.
 
-    ``values``: an array; the IQM is taken along ``axis`` (a float for 1-d input). Raises
-    ``ValueError`` on an empty axis.
+    ``values``: an array; the IQM is taken along ``axis`` (``None``: over all values, as
+    rliable does over its runs x tasks matrix); a float when one value comes out. Sorts, drops
+    ``int(0.25 * n)`` values from each end and averages the rest. Raises ``ValueError`` on an
+    empty axis.
     """
-    x = np.sort(np.asarray(values, dtype=np.float64), axis=axis)
+    x = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        x, axis = x.reshape(-1), -1
     n = x.shape[axis]
     if n == 0:
         raise ValueError("iqm of no values")
-    lo = np.arange(n) / n
-    hi = (np.arange(n) + 1) / n
-    w = np.clip(np.minimum(hi, 0.75) - np.maximum(lo, 0.25), 0.0, None) / 0.5
-    x = np.moveaxis(x, axis, -1)
-    out = x @ w
+    cut = n // 4  # int(0.25 * n): what trim_mean drops from each end
+    x = np.moveaxis(np.sort(x, axis=axis), axis, -1)
+    out = x[..., cut:n - cut].mean(axis=-1)
     return float(out) if np.ndim(out) == 0 else out
 
 

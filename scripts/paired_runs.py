@@ -7,8 +7,10 @@ seed); runs without a partner are left out and counted. Per dataset and over all
 last-iterate normalised score at the first target of A, of A's other acting mode on the same
 checkpoints where every paired A run has one (``rlmin eval RUN --mode window``), and of B; the
 IQM over the pairs with a stratified bootstrap 95% CI (strata: datasets, as `rlmin repro
-report`); and the paired difference B − A (mean, a stratified bootstrap CI of the mean, and how
-many pairs B wins). Only paired runs enter, so both IQMs are over the same datasets and seeds.
+report`; the IQM is rliable's, ``rlmin.stats``); and the paired difference B − A (mean, a
+stratified bootstrap CI of the mean, and how many pairs B wins). Only paired runs enter, so both
+IQMs are over the same datasets and seeds. A folder whose runs of one dataset were trained on
+different data (fingerprints) is refused, as by `rlmin repro report`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from rlmin import report, stats
 from rlmin.checkpoint import atomic_write_bytes
+from rlmin.grid import ReproError
 
 
 class PairingError(Exception):
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
             return 2
     try:
         result = compare(args.a, args.b, args.label, args.label_b)
-    except PairingError as e:
+    except (PairingError, ReproError) as e:  # ReproError: a folder mixes data fingerprints
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_result(result))

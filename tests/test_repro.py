@@ -290,7 +290,7 @@ def test_report_tables_statistics_and_pngs(grid_dir):
     assert rows[0]["best_normalized"]["mean"] == pytest.approx(32.0)  # early evals were worse
     # per agent: the IQM of the last-iterate scores at the first target (3600), all runs
     agents = {a["label"]: a for a in result["agents"]}
-    assert agents["mingru"]["iqm"] == pytest.approx(60.0)  # weights 1/6, 2/3, 1/6
+    assert agents["mingru"]["iqm"] == pytest.approx(60.0)  # 3 runs: trim_mean drops none
     assert agents["mingru"]["n"] == 3 and agents["mingru"]["datasets"] == ["mujoco/hopper/medium-v0"]
     assert 50.0 - 1e-9 <= agents["mingru"]["ci_low"] < 60.0 < agents["mingru"]["ci_high"] <= 70.0 + 1e-9
     assert agents["bc"]["iqm"] == pytest.approx(32.0)
@@ -301,7 +301,9 @@ def test_report_tables_statistics_and_pngs(grid_dir):
     line = next(ln for ln in md.splitlines() if ln.startswith("| mujoco/hopper/medium-v0 | mingru | 3600"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     # no D4RL-v2 cell beside a Minari score: the paper's number has its own table, after ours
-    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "—"]
+    # the last two: parameters and timesteps seen, which these results.json do not record
+    assert cells[3:] == ["1500", "3", "60.0 ± 10.0", cells[6], "600 ± 100", "62.0 ± 7.5", "—",
+                         "–", "–"]
     ours, papers = md.split("## Published on another benchmark")
     assert "67.6" not in ours and "D4RL-v2" not in ours.split("## Per agent")[1]
     assert "| task | level | DT paper (D4RL-v2) |" in papers and "| hopper | medium | 67.6 |" in papers
@@ -329,7 +331,7 @@ def test_agent_iqm_pools_datasets_with_a_stratified_ci(tmp_path):
     records = report.collect(root)
     (agent,) = report.agent_rows(records, n_resamples=2000)
     assert agent["n"] == 6 and len(agent["datasets"]) == 2
-    assert agent["iqm"] == pytest.approx(40.0)  # weights 0, 1/6, 1/3, 1/3, 1/6, 0 of 10..70
+    assert agent["iqm"] == pytest.approx(40.0)  # trim_mean: 10 and 70 dropped, (20+30+50+60)/4
     # every resample keeps 3 runs of each dataset: the IQM stays within [30, 50]
     assert 30.0 - 1e-9 <= agent["ci_low"] < 40.0 < agent["ci_high"] <= 50.0 + 1e-9
     rows = report.dataset_rows(records, n_resamples=200)
@@ -460,6 +462,192 @@ def test_rows_keep_config_variants_and_training_lengths_apart(tmp_path):
                    ("mingru [data.mode=episode, data.seq_len=1000]", 200): 30.0}
 
 
+# ----------------------------------------------------------------------------- provenance
+def with_provenance(res: dict, commit=None, dirty=None, fingerprint=None, **fields) -> dict:
+    """``res`` with the fields newer trainers write: provenance, n_params, timesteps_seen, ..."""
+    res["provenance"] = {"command": "rlmin train x.yaml", "commit": commit, "dirty": dirty,
+                         "data_fingerprint": fingerprint}
+    res.update(fields)
+    return res
+
+
+def test_runs_of_one_dataset_with_different_data_fingerprints_are_refused(tmp_path, capsys):
+    root = tmp_path / "g"
+    write_run(root / "new" / "s0", with_provenance(fake_results("mingru", 0, {3600: 50.0}),
+                                                   fingerprint="aaaa1111"), losses=())
+    write_run(root / "new" / "s1", with_provenance(fake_results("mingru", 1, {3600: 60.0}),
+                                                   fingerprint="aaaa1111"), losses=())
+    old = fake_results("mingru", 2, {3600: 70.0})  # an older file: the dataset block's fingerprint
+    old["dataset"]["fingerprint"] = "bbbb2222"
+    write_run(root / "old" / "s2", old, losses=())
+    write_run(root / "none" / "s3", fake_results("mingru", 3, {3600: 65.0}), losses=())
+    with pytest.raises(grid.ReproError) as err:
+        report.report(root, n_resamples=100, echo=lambda s: None)
+    msg = str(err.value)
+    assert "\n" not in msg and "mujoco/hopper/medium-v0" in msg
+    assert "fingerprint aaaa1111 (2 runs, e.g. " + str(root / "new" / "s0") + ")" in msg
+    assert "fingerprint bbbb2222 (1 run, e.g. " + str(root / "old" / "s2") + ")" in msg
+    assert "none" not in msg.split("e.g.")[-1]  # the run without a fingerprint is no party to it
+    assert "rebuild the dataset and rerun" in msg.lower() and "move them to another folder" in msg
+    assert not (root / "report.md").exists()
+    from rlmin.cli import main  # the command line says it and fails, with no traceback
+
+    assert main(["repro", "report", str(root)]) == 2
+    assert "aaaa1111" in capsys.readouterr().err
+    # a run without a fingerprint conflicts with none; other datasets may have their own
+    shutil.rmtree(root / "old")
+    write_run(root / "other" / "s0", with_provenance(fake_results(
+        "mingru", 0, {3600: 10.0}, dataset_id="rlmin/hopper/medium-replay-v0",
+        level="medium-replay"), fingerprint="cccc3333"), losses=())
+    result = report.report(root, n_resamples=100, echo=lambda s: None)
+    assert {r["dataset"]: r["n"] for r in result["rows"]} == {
+        "mujoco/hopper/medium-v0": 3, "rlmin/hopper/medium-replay-v0": 1}
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+                           "commit.gpgsign=false", *args], cwd=repo, check=True, text=True,
+                          capture_output=True).stdout.strip()
+
+
+def test_the_report_lists_the_runs_commits_in_history_order(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    shas = []
+    for i in range(3):
+        (repo / "f").write_text(str(i))
+        _git(repo, "add", "f")
+        _git(repo, "commit", "-q", "-m", f"c{i}")
+        shas.append(_git(repo, "rev-parse", "HEAD"))
+    head = _git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    _git(repo, "checkout", "-q", "-b", "side", shas[0])  # a commit HEAD does not reach
+    (repo / "f").write_text("side")
+    _git(repo, "commit", "-q", "-am", "side")
+    side = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", head)
+    c0, c1, c2 = shas
+    stranger = "0123456789abcdef0123456789abcdef01234567"  # from a clone this one never saw
+    root = tmp_path / "g"
+    runs = [("a", c1, True), ("b", c1, False), ("c", stranger, False), ("d", side, None)]
+    for seed, (name, commit, dirty) in enumerate(runs):
+        write_run(root / name, with_provenance(fake_results("mingru", seed, {3600: 50.0 + seed}),
+                                               commit=commit, dirty=dirty), losses=())
+    old = fake_results("mingru", 7, {3600: 40.0})  # older files: "code": "<short sha>[+dirty]"
+    old["code"] = c0[:7] + "+dirty"
+    write_run(root / "e", old, losses=())
+    old = fake_results("mingru", 8, {3600: 45.0})
+    old["code"] = c2[:7]
+    write_run(root / "f", old, losses=())
+    write_run(root / "g", fake_results("mingru", 9, {3600: 30.0}), losses=())  # records none
+    monkeypatch.chdir(repo)
+    result = report.report(root, n_resamples=100, echo=lambda s: None)
+    got = [(e["commit"], e["runs"], e["dirty"], e["in_history"]) for e in result["commits"]["commits"]]
+    assert got == [(c0, 1, 1, True), (c1, 2, 1, True), (c2, 1, 0, True),  # oldest first, full shas
+                   (stranger, 1, 0, False), (side, 1, 0, False)]
+    assert result["commits"]["no_commit"] == 1
+    md = (root / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("**Code.**"))
+    assert "from 5 commits" in line  # the short and the full sha of one commit are one
+    assert f"`{c0[:7]}` to `{c2[:7]}`" in line
+    assert f"`{c0[:7]}` (1 run, 1 dirty), `{c1[:7]}` (2 runs, 1 dirty), `{c2[:7]}` (1 run)" in line
+    assert f"`{stranger[:7]}` (1 run; not in this repository's history)" in line
+    assert f"`{side[:7]}` (1 run, 1 unknown if dirty; not in this repository's history)" in line
+    assert "1 run records no commit" in line
+    saved = json.loads((root / "report.json").read_text())
+    assert [e["commit"] for e in saved["commits"]["commits"]] == [c0, c1, c2, stranger, side]
+    # outside a git repository: the same counts, no order and no history claimed
+    elsewhere = tmp_path / "not-a-repo"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    summary = report.commit_summary(report.collect(root))
+    assert summary["git"] is False and {e["in_history"] for e in summary["commits"]} == {None}
+    assert sum(e["runs"] for e in summary["commits"]) == 6
+    assert "in no order" in report.format_commits(summary)
+    assert "not in this repository's history" not in report.format_commits(summary)
+
+
+def test_tables_give_parameters_timesteps_and_how_targets_were_given(tmp_path):
+    root = tmp_path / "g"
+    for seed, steps_seen in enumerate([1_500_000, 1_600_000, 1_700_000]):
+        res = with_provenance(fake_results("mingru", seed, {3600: 50.0 + 10 * seed}),
+                              n_params=12345, timesteps_seen=steps_seen, weights="ema",
+                              eval_targets={"kind": "scores", "target_scores": [100.0, 90.0]})
+        # the raw weights' evaluation beside the weight average's: not read into the tables
+        res["last_iterate_raw"] = json.loads(json.dumps(res["last_iterate"]))
+        res["last_iterate_raw"]["targets"]["3600"]["normalized_mean"] = -999.0
+        write_run(root / "m" / f"s{seed}", res, losses=())
+        write_run(root / "r" / f"s{seed}", with_provenance(
+            fake_results("mingru", seed, {3600: 20.0}, dataset_id="rlmin/hopper/medium-replay-v0",
+                         level="medium-replay"),
+            n_params=20000, timesteps_seen=500_000 if seed else None,
+            eval_targets={"kind": "scores", "target_scores": [100.0, 90.0]}), losses=())
+    write_run(root / "bc" / "s0", fake_results("bc", 0, {3600: 30.0}), losses=())  # older: none
+    records = report.collect(root)
+    rows = {(r["dataset"], r["label"]): r for r in report.dataset_rows(records, n_resamples=100)}
+    medium = rows[("mujoco/hopper/medium-v0", "mingru")]
+    assert medium["n_params"] == [12345] and medium["timesteps_seen"] == pytest.approx(1.6e6)
+    assert medium["normalized"]["values"] == [50.0, 60.0, 70.0]  # last_iterate, not the raw
+    table = report.format_table(list(rows.values()), kinds=False)
+
+    def cells(text, start):
+        line = next(ln for ln in text.splitlines() if ln.startswith(start))
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    assert "| parameters | timesteps seen (M, real, mean) |" in table.splitlines()[0]
+    assert cells(table, "| mujoco/hopper/medium-v0 | mingru")[-2:] == ["12,345", "1.60"]
+    assert cells(table, "| rlmin/hopper/medium-replay-v0 | mingru")[-2:] == [
+        "20,000", "0.50 (2 of 3 runs)"]
+    assert cells(table, "| mujoco/hopper/medium-v0 | bc")[-2:] == ["–", "–"]
+    agents = {a["label"]: a for a in report.agent_rows(records, n_resamples=100)}
+    assert agents["mingru"]["n_params"] == [12345, 20000]
+    agent_table = report.format_agent_table(list(agents.values()), kinds=False)
+    assert cells(agent_table, "| mingru |")[-2:] == ["12,345–20,000", "1.16 (5 of 6 runs)"]
+    assert cells(agent_table, "| bc |")[-2:] == ["–", "–"]
+    # targets: said once when every run was given them the same way ...
+    shutil.rmtree(root / "bc")
+    report.report(root, n_resamples=100, echo=lambda s: None)
+    md = (root / "report.md").read_text()
+    assert "targets were given as normalised scores (`eval.target_scores` 100, 90)" in md
+    assert "targets given as" not in md
+    # ... and per row where they differ
+    write_run(root / "bc" / "s0", with_provenance(
+        fake_results("bc", 0, {3600: 30.0}), eval_targets={"kind": "returns", "target_scores": None}),
+        losses=())
+    result = report.report(root, n_resamples=100, echo=lambda s: None)
+    md = (root / "report.md").read_text()
+    assert "the tables say which per row ('targets given as')" in md
+    assert md.count("rlmin train x.yaml") == 7  # provenance's command: no command.txt was kept
+    assert cells(md, "| bc | 1500")[-1] == "raw returns"
+    assert cells(md, "| mingru | 1500")[-1] == "normalised scores"
+    assert cells(md, "| mujoco/hopper/medium-v0 | bc")[-1] == "raw returns"
+    assert cells(md, "| mujoco/hopper/medium-v0 | mingru")[-3:] == ["12,345", "1.60",
+                                                                       "normalised scores"]
+    saved = json.loads((root / "report.json").read_text())
+    assert {r["label"]: r["target_kinds"] for r in saved["rows"]} == {
+        "bc": ["raw returns"], "mingru": ["normalised scores"]}
+    assert result["rows"][0]["n_params"] is not None
+
+
+def test_paired_runs_refuses_a_folder_that_mixes_data_fingerprints(tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_runs.py"
+    spec = importlib.util.spec_from_file_location("paired_runs", script)
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for seed, fp in enumerate(["aaaa1111", "bbbb2222"]):
+        write_run(a / f"s{seed}", with_provenance(fake_results("mingru", seed, {3600: 1.0}),
+                                                  fingerprint=fp), losses=())
+        write_run(b / f"s{seed}", fake_results("mingru", seed, {3600: 2.0}), losses=())
+    assert paired.main([str(a), str(b), "--label", "mingru"]) == 2
+    err = capsys.readouterr().err
+    assert "aaaa1111" in err and "bbbb2222" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- the core rule
 FORBIDDEN = re.compile(r"\b(decision|bc|transformer|mlp|hopper|halfcheetah|walker2d)\b", re.I)
 
@@ -504,9 +692,10 @@ def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path,
     assert r["columns"] == ["A", "A window", "B"]
     (row,) = r["rows"]
     assert (row["A"], row["A window"], row["B"]) == (pytest.approx(40.0), pytest.approx(39.0), 50.0)
-    # fractional IQM of 3 runs: 1/6, 2/3, 1/6 of the sorted values
+    # rliable's IQM (trim_mean(x, 0.25)) of 3 runs drops none: their mean (the fractional IQM
+    # rlmin used before gave B 20/6 + 30 * 2/3 + 100/6 = 40)
     assert r["overall"]["A"]["iqm"] == pytest.approx(40.0)
-    assert r["overall"]["B"]["iqm"] == pytest.approx(20 / 6 + 30 * 2 / 3 + 100 / 6)
+    assert r["overall"]["B"]["iqm"] == pytest.approx(50.0)
     assert r["b_minus_a"]["mean"] == pytest.approx(10.0)  # +10, -10, +30
     assert (r["b_minus_a"]["b_higher"], r["b_minus_a"]["b_lower"]) == (2, 1)
     assert r["b_minus_a"]["ci_low"] < 10.0 < r["b_minus_a"]["ci_high"]

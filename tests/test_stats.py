@@ -1,5 +1,8 @@
-"""rlmin.stats: the IQM on hand-computed examples, and the bootstrap CI's basic properties."""
+"""rlmin.stats: the IQM on hand-computed examples, the bootstrap CI's basic properties, and both
+checked against rliable (Agarwal et al. 2021), whose method rlmin.stats reproduces."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -7,14 +10,17 @@ import pytest
 from rlmin import stats
 
 
+# rliable's IQM is scipy.stats.trim_mean(x, 0.25): it drops int(n / 4) whole runs from each end
+# (none of 3, one of 5-7 per side), where rlmin once weighted the runs across the quartiles.
 @pytest.mark.parametrize("values, expected", [
-    ([1, 2, 3, 4], 2.5),              # n=4: the middle two, whole
+    ([1, 2, 3, 4], 2.5),              # n=4: the middle two
     ([4, 1, 3, 2], 2.5),              # order does not matter
-    ([0, 1, 10], 28 / 12),            # n=3: weights 1/6, 2/3, 1/6 -> (0 + 2/3 + 10/6)
-    ([0, 1, 2, 4, 100], 2.3),         # n=5: weights 0, .3, .4, .3, 0 -> .3 + .8 + 1.2
+    ([0, 1, 10], 11 / 3),             # n=3: nothing dropped, the plain mean (fractional: 28/12)
+    ([0, 1, 2, 4, 100], 7 / 3),       # n=5: one dropped per side -> (1 + 2 + 4) / 3 (fractional: 2.3)
     ([7.0], 7.0),                     # one run: itself
-    ([1, 9], 5.0),                    # two runs: half of each
+    ([1, 9], 5.0),                    # two runs: their mean
     ([1, 2, 3, 4, 5, 6, 7, 1000], 4.5),  # n=8: runs 3..6, the outlier drops out
+    ([5, 1, 9, 3, 7, 100], 6.0),      # n=6: one per side dropped -> (3 + 5 + 7 + 9) / 4
 ])
 def test_iqm_hand_computed(values, expected):
     assert stats.iqm(values) == pytest.approx(expected)
@@ -28,15 +34,14 @@ def test_iqm_along_axis_and_empty():
         stats.iqm([])
 
 
-def test_iqm_matches_trim_mean_for_multiples_of_four_only():
+def test_iqm_is_trim_mean_for_every_n():
     scipy_stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
-    for n in (4, 8, 12, 20):
+    for n in range(1, 41):
         x = rng.normal(size=n)
-        assert stats.iqm(x) == pytest.approx(scipy_stats.trim_mean(x, 0.25))
-    x = [0, 1, 2, 4, 100]  # n=5: trim_mean drops one whole run per side, we weight fractionally
-    assert scipy_stats.trim_mean(x, 0.25) == pytest.approx(7 / 3)
-    assert stats.iqm(x) == pytest.approx(2.3)
+        assert stats.iqm(x) == pytest.approx(scipy_stats.trim_mean(x, 0.25), rel=1e-12, abs=1e-12)
+    m = rng.normal(size=(5, 3))  # axis=None: over every value, as rliable over runs x tasks
+    assert stats.iqm(m, axis=None) == pytest.approx(scipy_stats.trim_mean(m, 0.25, axis=None))
 
 
 def test_ci_covers_the_mean_and_is_deterministic():
@@ -115,3 +120,112 @@ def test_one_group_is_the_plain_bootstrap():
         stats.stratified_bootstrap_ci([[1.0], []])
     with pytest.raises(ValueError, match="every group"):
         stats.stratified_bootstrap_ci([])
+
+
+# ----------------------------------------------------------------------------- against rliable
+def _rliable():
+    """rliable's ``library`` and ``metrics``. It is in the dev extra, so CI (CI=true) imports it and
+    never skips these tests; elsewhere they are skipped without it."""
+    if os.environ.get("CI"):
+        from rliable import library, metrics
+    else:
+        library = pytest.importorskip("rliable.library")
+        metrics = pytest.importorskip("rliable.metrics")
+    return library, metrics
+
+
+def _fractional_iqm(x, axis=-1):
+    """The IQM rlmin.stats used to compute (runs across the quartiles weighted by the fraction
+    inside): kept here only to show that the rliable comparison below would catch it."""
+    x = np.sort(np.asarray(x, dtype=np.float64), axis=axis)
+    n = x.shape[axis]
+    w = np.clip(np.minimum(np.arange(1, n + 1) / n, 0.75) - np.maximum(np.arange(n) / n, 0.25),
+                0.0, None) / 0.5
+    return np.moveaxis(x, axis, -1) @ w
+
+
+@pytest.fixture
+def global_numpy_seed():
+    """rliable draws its bootstrap indices from numpy's global stream (np.random.choice), not from
+    the random_state it is given: seed that stream, and put it back as it was afterwards."""
+    state = np.random.get_state()
+    yield np.random.seed
+    np.random.set_state(state)
+
+
+def _rliable_ci(library, metrics, groups, reps):
+    """rliable's stratified-bootstrap percentile CI of the IQM over ``groups`` (a list of one array
+    of runs per task: StratifiedIndependentBootstrap)."""
+    _, ci = library.get_interval_estimates(
+        {"agent": [np.asarray(g, dtype=np.float64) for g in groups]},
+        lambda *tasks: np.array([metrics.aggregate_iqm(np.concatenate(tasks))]),
+        method="percentile", reps=reps, confidence_interval_size=0.95)
+    return tuple(float(v) for v in ci["agent"].ravel())
+
+
+def test_iqm_equals_rliables_to_the_digit():
+    _, metrics = _rliable()
+    rng = np.random.default_rng(42)
+    checked = 0
+    for n in range(3, 41):  # multiples of 4 and not, ties (rounded values) and outliers
+        for i in range(6):
+            x = rng.normal(rng.uniform(-50, 150), rng.uniform(0.1, 40), size=n)
+            if i % 3 == 1:
+                x = np.round(x)
+            if i % 3 == 2:
+                x[rng.integers(n)] *= 50
+            assert abs(stats.iqm(x) - metrics.aggregate_iqm(x)) <= 1e-12 * max(1.0, np.abs(x).max())
+            checked += 1
+    scores = rng.normal(size=(5, 9))  # rliable's layout: runs x tasks, the IQM over all of it
+    assert stats.iqm(scores, axis=None) == pytest.approx(metrics.aggregate_iqm(scores), rel=1e-12)
+    assert stats.iqm(scores.T.reshape(-1)) == pytest.approx(metrics.aggregate_iqm(scores), rel=1e-12)
+    assert checked == 38 * 6
+    # the fractional IQM rlmin used before differs wherever n is not a multiple of 4
+    assert abs(_fractional_iqm([0, 1, 2, 4, 100]) - metrics.aggregate_iqm(np.array([0, 1, 2, 4, 100]))) > 0.03
+
+
+def test_stratified_ci_is_rliables_on_the_same_draws(monkeypatch):
+    """rliable fed our very resampling indices gives our interval to the digit: the same strata, the
+    same statistic of the pooled draw, the same percentile interpolation. (rliable asks
+    np.random.choice(n_task, (n_task,)) once per resample and task, in that order; ours draws one
+    (n_resamples, n_task) block per task from default_rng(seed): one block below 1e6 values.)"""
+    library, metrics = _rliable()
+    rng = np.random.default_rng(7)
+    reps = 1000
+    for case, sizes in enumerate([(5,), (3, 3, 3), (3, 5, 4), (7, 3), (4, 4, 4, 4)]):
+        groups = [rng.normal(rng.uniform(0, 100), rng.uniform(2, 25), size=n) for n in sizes]
+        ours = stats.stratified_bootstrap_ci(groups, "iqm", n_resamples=reps, seed=case)
+        draw_rng = np.random.default_rng(case)
+        draws = [draw_rng.integers(0, n, size=(reps, n)) for n in sizes]
+        calls = iter([(t, r) for r in range(reps) for t in range(len(sizes))])
+
+        def choice(n, size, replace=True, _draws=draws, _calls=calls, _sizes=sizes):
+            t, r = next(_calls)
+            assert replace and n == _sizes[t] and tuple(np.atleast_1d(size)) == (n,)
+            return _draws[t][r]
+
+        with monkeypatch.context() as m:
+            m.setattr(np.random, "choice", choice)
+            theirs = _rliable_ci(library, metrics, groups, reps)
+        assert next(calls, None) is None  # rliable drew exactly reps x tasks times
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+        if sum(sizes) % 4:  # the fractional IQM on the same draws is not rliable's
+            frac = stats.stratified_bootstrap_ci(groups, _fractional_iqm, n_resamples=reps, seed=case)
+            assert np.abs(np.subtract(frac, theirs)).max() > 1e-6
+
+
+def test_stratified_ci_agrees_with_rliable_on_its_own_random_stream(global_numpy_seed):
+    """rliable with its own random draws (5,000 resamples) against ours (100,000): within 0.5% of
+    the runs' range. The fractional IQM (rlmin's old one) and an unstratified bootstrap of the
+    pooled runs, on the same data, miss by more than twice that."""
+    library, metrics = _rliable()
+    groups = [[12.0, 15.0, 31.0], [40.0, 44.0, 47.0, 70.0], [81.0, 83.0, 99.0]]  # 10 runs, 3 tasks
+    tol = 0.005 * (99.0 - 12.0)
+    global_numpy_seed(0)
+    theirs = np.array(_rliable_ci(library, metrics, groups, reps=5000))
+    ours = stats.stratified_bootstrap_ci(groups, "iqm", n_resamples=100_000)
+    assert np.abs(np.subtract(ours, theirs)).max() < tol
+    fractional = stats.stratified_bootstrap_ci(groups, _fractional_iqm, n_resamples=100_000)
+    assert np.abs(np.subtract(fractional, theirs)).max() > 2 * tol
+    unstratified = stats.bootstrap_ci(sum(groups, []), "iqm", n_resamples=100_000)
+    assert np.abs(np.subtract(unstratified, theirs)).max() > 2 * tol
