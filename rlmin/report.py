@@ -365,6 +365,60 @@ def _run_facts(recs: Sequence[dict]) -> dict:
                                     for r in recs})}
 
 
+def paired_rows(records: Sequence[dict], reference: str, n_resamples: int | None = None,
+                seed: int | None = None) -> list[dict]:
+    """Every other label against ``reference`` (a label of the report), run by run: runs paired
+    by dataset, seed and training length, at the first target; the mean of the per-pair
+    differences (label - reference) with a stratified-bootstrap CI of the mean (strata: datasets),
+    the win count, and ``level`` when the CI spans zero."""
+    from rlmin import stats
+
+    labels = {r["label"] for r in records}
+    if reference not in labels:
+        raise ReproError(f"--against {reference!r}: no such agent label in this folder; its labels: "
+                         f"{', '.join(sorted(labels))}")
+
+    def first(rec):
+        return next(iter(rec["targets"].values()), {}).get("normalized")
+
+    ref = {(r["dataset_id"], r["seed"], r["steps"]): first(r) for r in records
+           if r["label"] == reference}
+    rows = []
+    for label in sorted(labels - {reference}):
+        per: dict[str, list[float]] = {}
+        unpaired = 0
+        for rec in records:
+            if rec["label"] != label or first(rec) is None:
+                continue
+            other = ref.get((rec["dataset_id"], rec["seed"], rec["steps"]))
+            if other is None:
+                unpaired += 1
+                continue
+            per.setdefault(rec["dataset_id"], []).append(first(rec) - other)
+        if not per:
+            continue
+        diffs = [d for ds in per.values() for d in ds]
+        low, high = stats.stratified_bootstrap_ci(list(per.values()), "mean",
+                                                  **_stats_kw(n_resamples, seed))
+        rows.append({"label": label, "reference": reference, "n": len(diffs),
+                     "datasets": len(per), "mean": sum(diffs) / len(diffs), "ci_low": low,
+                     "ci_high": high, "higher": sum(d > 0 for d in diffs),
+                     "lower": sum(d < 0 for d in diffs), "unpaired": unpaired,
+                     "word": "level" if low <= 0 <= high else ("above" if low > 0 else "below")})
+    return rows
+
+
+def format_paired(rows: Sequence[dict]) -> str:
+    lines = ["| agent | against | pairs (datasets) | mean difference, normalised | 95% CI "
+             "(stratified bootstrap) | higher / lower | reads as |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['reference']} | {r['n']} ({r['datasets']}) | "
+                     f"{r['mean']:+.1f} | {_ci(r['ci_low'], r['ci_high'])} | "
+                     f"{r['higher']} / {r['lower']} | {r['word']} |")
+    return "\n".join(lines)
+
+
 def _stats_kw(n_resamples: int | None, seed: int | None) -> dict:
     return {k: v for k, v in (("n_resamples", n_resamples), ("seed", seed)) if v is not None}
 
@@ -647,7 +701,7 @@ def _driver_commands(out_dir: Path) -> list[str]:
 
 def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records: Sequence[dict],
                  warnings: Sequence[str], curves_ok: bool, scores_ok: bool, n_resamples: int,
-                 seed: int, commits: dict | None = None) -> Path:
+                 seed: int, commits: dict | None = None, paired: Sequence[dict] = ()) -> Path:
     """``commits``: :func:`commit_summary` of ``records`` (computed here when not given)."""
     out_dir = Path(out_dir)
     commits = commit_summary(records) if commits is None else commits
@@ -682,6 +736,10 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "agent rows pool those evaluations, and the last column is the per-run difference "
         "(the run's own mode minus the other) at the first target.", "",
         "## Per agent", "", format_agent_table(agents, kinds), "",
+        *(["## Paired, run by run", "", "Each agent against the reference, over runs of the same "
+           "dataset, seed and length (first target): the mean of the per-pair differences with "
+           "a stratified bootstrap 95% CI of the mean; 'level' where the CI spans zero.", "",
+           format_paired(paired), ""] if paired else []),
         "## Per dataset", "", format_table(rows, kinds), "",
     ]
     if warnings:
@@ -737,9 +795,10 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
 
 
 def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
-           echo: Callable[[str], None] = print) -> dict:
+           echo: Callable[[str], None] = print, against: Sequence[str] = ()) -> dict:
     """Collect the results under ``out_dir``; write report.md, report.json, headline.png,
-    scores.png, curves.png."""
+    scores.png, curves.png. ``against``: agent labels every other agent is paired with, run by
+    run (:func:`paired_rows`)."""
     from rlmin import plots, stats
 
     out_dir = Path(out_dir)
@@ -753,15 +812,17 @@ def report(out_dir, n_resamples: int | None = None, seed: int | None = None,
     agents = agent_rows(records, n_resamples=n_resamples, seed=seed)
     warnings = warnings_of(records, rows, agents)
     commits = commit_summary(records)
+    paired = [p for ref in against for p in paired_rows(records, ref, n_resamples, seed)]
     scores_ok = plots.plot_scores(rows, out_dir / "scores.png")
     plots.plot_first_targets(rows, out_dir / "headline.png")  # written whenever scores.png is
     curves_ok = plots.plot_curves(collect_curves(records), out_dir / "curves.png")
     md = write_report(out_dir, rows, agents, records, warnings, curves_ok, scores_ok,
-                      n_resamples, seed, commits=commits)
+                      n_resamples, seed, commits=commits, paired=paired)
     (out_dir / "report.json").write_text(json.dumps(
-        {"agents": agents, "rows": rows, "warnings": warnings, "commits": commits,
+        {"agents": agents, "paired": paired, "rows": rows, "warnings": warnings, "commits": commits,
          "targets": format_targets(records).replace("**", "")}, indent=1, default=float))
-    echo(format_agent_table(agents) + "\n\n" + format_table(rows) + "\n\n"
+    echo(format_agent_table(agents) + "\n\n" + (format_paired(paired) + "\n\n" if paired else "")
+         + format_table(rows) + "\n\n"
          + format_commits(commits).split("\n")[0].replace("**", ""))
     for w in warnings:
         echo(f"warning: {w}")

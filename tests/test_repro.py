@@ -716,3 +716,32 @@ def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path,
     assert "has two runs of 'mingru', seed 0" in capsys.readouterr().err
     assert paired.main([str(a), str(b), "--label", "nope"]) == 2
     assert "no run of 'nope'" in capsys.readouterr().err
+
+
+def test_agents_are_paired_with_a_reference_run_by_run(tmp_path):
+    """`rlmin repro report DIR --against transformer`: per pair (dataset, seed) differences, their
+    mean with a stratified CI, and 'level' when the CI spans zero."""
+    root = tmp_path / "g"
+    dt = {("m", 0): 50.0, ("m", 1): 60.0, ("m", 2): 70.0, ("r", 0): 20.0, ("r", 1): 30.0}
+    ahead = {k: v + 10.0 + k[1] for k, v in dt.items()}       # +10, +11, +12 per pair: above
+    mixed = {k: v + (5.0 if k[1] % 2 else -5.0) for k, v in dt.items()}  # +-5: level
+    for label, table in (("transformer", dt), ("mingru", ahead), ("minlstm", mixed)):
+        for (ds, seed), v in table.items():
+            kw = {} if ds == "m" else {"dataset_id": "rlmin/hopper/medium-replay-v0",
+                                       "level": "medium-replay"}
+            write_run(root / ds / label / f"s{seed}", fake_results(label, seed, {3600: v}, **kw),
+                      losses=())
+    write_run(root / "m" / "mingru" / "s9", fake_results("mingru", 9, {3600: 1.0}), losses=())
+    records = report.collect(root)
+    rows = {r["label"]: r for r in report.paired_rows(records, "transformer", n_resamples=2000)}
+    up = rows["mingru"]
+    assert (up["n"], up["datasets"], up["unpaired"]) == (5, 2, 1)  # seed 9 has no DT partner
+    assert up["mean"] == pytest.approx((10 + 11 + 12 + 10 + 11) / 5)
+    assert 10.0 - 1e-9 <= up["ci_low"] and up["ci_high"] <= 12.0 + 1e-9 and up["word"] == "above"
+    assert (up["higher"], up["lower"]) == (5, 0)
+    assert rows["minlstm"]["word"] == "level" and rows["minlstm"]["ci_low"] < 0 < rows["minlstm"]["ci_high"]
+    out = report.report(root, n_resamples=500, against=["transformer"], echo=lambda s: None)
+    md = out["report"].read_text()
+    assert "## Paired, run by run" in md and "| mingru | transformer | 5 (2) | +10.8 |" in md
+    with pytest.raises(grid.ReproError, match="no such agent label"):
+        report.paired_rows(records, "dt")
