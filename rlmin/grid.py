@@ -4,13 +4,17 @@
     rlmin repro run --grid full --out runs/repro-full --shard 0/4         # on machine 0 of 4
     rlmin repro run --tasks hopper-medium --backbones mingru,bc --seeds 5 --out runs/x train.steps=2000
     rlmin repro report runs/repro-small                                   # rlmin.report
+    rlmin repro status runs/repro-small                                   # each run's state
+    rlmin repro run --grid full --out runs/full --launcher slurm --time 120 --gpus-per-run 1
     python scripts/repro.py ...                                           # the same commands
 
 The grid
     A grid file (``configs/grids/<name>.yaml``) lists ``tasks`` (names of ``configs/tasks/*.yaml``),
     ``backbones`` (names of ``configs/backbones/*.yaml``), ``seeds``, ``overrides`` (``key=value``
     for every run), ``backbone_overrides`` (``{backbone: [key=value, ...]}``, for agents whose
-    options differ) and ``workers``; ``--tasks``/``--backbones``/``--seeds`` replace its lists and
+    options differ), ``workers`` and ``slurm`` (the resources of each run's job for ``--launcher
+    slurm``: partition, time, cpus_per_run, gpus_per_run, mem_gb, array_parallelism and sbatch
+    options; rlmin/launch.py); ``--tasks``/``--backbones``/``--seeds`` replace its lists and
     the command line's ``key=value`` come after its overrides. Each run composes
     ``configs/tasks/<task>.yaml`` + ``configs/backbones/<backbone>.yaml`` + its backbone's
     overrides + the shared ones + the command line's (a later value of a key wins), and runs as
@@ -24,10 +28,18 @@ The grid
     the overrides set it).
 
 Resuming and spreading the work (no new code needed)
-    A run whose ``results.json`` exists is finished and skipped, so running the same command
-    again resumes the grid. A run that was interrupted after writing a checkpoint continues from
-    it (``rlmin train --resume <run_dir>``, with the config it started with); a run without one
-    starts over. To spread a grid over processes or machines, give each a disjoint shard of
+    A run whose ``results.json`` is readable (one JSON object, as the trainer writes it) is
+    finished and skipped, so running the same command again resumes the grid. A results.json that
+    is not (binary, truncated, not JSON) is moved aside as ``results.json.broken-<time>`` and the
+    run goes again. A run that was interrupted after writing a checkpoint continues from it
+    (``rlmin train --resume <run_dir>``, with the config it started with); a run without one
+    starts over (what its attempt left is set aside as ``<file>.earlier-<time>``). A run that
+    failed (the trainer exited with an error) gets ``<run_dir>/failed.json`` (exit code, time,
+    the last line of train.log) and is left alone by later launches unless ``--rerun-failed``.
+    ``rlmin repro status DIR`` lists every run's state from the folder alone. Runs are launched
+    by a thread pool here (``--launcher local``) or as submitit jobs (``--launcher
+    submitit-local|slurm``, rlmin/launch.py): the same ``rlmin train`` command either way.
+    To spread a grid over processes or machines, give each a disjoint shard of
     it: ``--shard i/n`` (0 <= i < n) takes runs i, i+n, i+2n, ... of the full grid's fixed order
     (tasks, then backbones, then seeds), whatever is already finished, so the n shards always
     partition the grid. Run shard i on machine i with the same ``--out`` path (or a shared
@@ -46,6 +58,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -61,6 +74,16 @@ COMMAND_FILE = "command.txt"
 LOG_FILE = "train.log"
 DRIVER_LOG = "repro_commands.txt"
 GRID_FILE = "grid.json"
+FAILED_FILE = "failed.json"
+SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, under <out>
+LAUNCHERS = ("local", "submitit-local", "slurm")
+# The grid file's `slurm:` mapping (rlmin/launch.py reads the values).
+SLURM_KEYS = ("partition", "time", "cpus_per_run", "gpus_per_run", "mem_gb", "array_parallelism",
+              "sbatch")
+# Exit codes of a run stopped from outside (a signal), not by an error of its own: the trainer's
+# 130/143 after saving on SIGINT/SIGTERM, a shell's 128+9, or killed outright (SIGKILL: the OOM
+# killer, a scheduler). Such a run resumes from its last checkpoint; it has not failed.
+STOPPED_CODES = frozenset({130, 143, 137, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL})
 
 
 class ReproError(ValueError):
@@ -83,6 +106,8 @@ class Grid:
     # {name: overrides}: every backbone runs once per variant (a recipe: layout, data mode, ...),
     # in <out>/<task>/<backbone>/<variant>/seed<k>; a variant's overrides come after the shared ones.
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Slurm resources per run ({key: value}, SLURM_KEYS); used by --launcher slurm only.
+    slurm: dict = field(default_factory=dict)
 
 
 def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
@@ -97,11 +122,18 @@ def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
         raise ReproError(f"no grid file {path}; choose from {', '.join(have) or '(none)'}")
     doc = yaml.safe_load(path.read_text()) or {}
     unknown = set(doc) - {"tasks", "backbones", "seeds", "overrides", "backbone_overrides",
-                          "workers", "description", "variants"}
+                          "workers", "description", "variants", "slurm"}
     if unknown:
         raise ReproError(f"{path}: unknown key(s) {sorted(unknown)}; a grid file has tasks, "
-                         "backbones, seeds, overrides, backbone_overrides, variants, workers and "
-                         "description")
+                         "backbones, seeds, overrides, backbone_overrides, variants, workers, "
+                         "slurm and description")
+    slurm = doc.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ReproError(f"{path}: slurm must be a mapping ({', '.join(SLURM_KEYS)})")
+    unknown = sorted(set(map(str, slurm)) - set(SLURM_KEYS))
+    if unknown:
+        raise ReproError(f"{path}: unknown slurm key(s) {unknown}; the slurm mapping has "
+                         f"{', '.join(SLURM_KEYS)} (sbatch: {{option: value}} for anything else)")
     missing = [k for k in ("tasks", "backbones", "seeds") if not doc.get(k)]
     if missing:
         raise ReproError(f"{path}: {', '.join(missing)} missing or empty")
@@ -115,7 +147,7 @@ def load_grid(name_or_path: str, config_root: Path = CONFIG_ROOT) -> Grid:
     return Grid(path.stem, tuple(doc["tasks"]), tuple(doc["backbones"]),
                 tuple(int(s) for s in doc["seeds"]), tuple(map(str, doc.get("overrides") or ())),
                 per_backbone, int(doc.get("workers", 1)), str(doc.get("description", "")),
-                variants)
+                variants, {str(k): v for k, v in slurm.items()})
 
 
 # ============================================================================ planning
@@ -138,7 +170,13 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / RESULTS).is_file()
+        """A readable results.json: the trainer writes it last, atomically, as one JSON object."""
+        path = self.run_dir / RESULTS
+        return path.is_file() and results_problem(path) is None
+
+    def failure(self) -> dict | None:
+        """What ``failed.json`` says of this run's last attempt, or None (no failure recorded)."""
+        return read_failure(self.run_dir)
 
     def has_checkpoint(self) -> bool:
         ckpt = self.run_dir / "checkpoints"
@@ -228,6 +266,253 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# ============================================================================ a run's state on disk
+def results_problem(path: Path) -> str | None:
+    """Why an existing results.json is not a finished run's, or None when it is one. The trainer
+    writes it atomically as one JSON object: anything else was damaged (a truncated copy, a disk
+    error) or put there by hand."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except UnicodeDecodeError:  # before ValueError: it is one
+        return "is not text"
+    except ValueError as e:
+        return f"is not JSON ({getattr(e, 'msg', e)})"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not isinstance(doc, dict):
+        return f"holds a JSON {type(doc).__name__}, not an object"
+    if not isinstance(doc.get("last_iterate"), dict):  # what every report reads first
+        return "has no last_iterate scores (not a trainer's results)"
+    return None
+
+
+def read_failure(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / FAILED_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    return doc if isinstance(doc, dict) else {"error": f"{FAILED_FILE} is unreadable"}
+
+
+def last_error_line(log_path: Path, limit: int = 300) -> str | None:
+    """The last non-empty line of a train.log (the trainer's `error: ...` line, or a traceback's
+    exception line), at most ``limit`` characters."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))  # the tail is enough
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    line = next((ln.strip() for ln in reversed(lines) if ln.strip()), None)
+    return line if line is None or len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def set_aside(path: Path, tag: str) -> Path:
+    """Rename ``path`` to ``<name>.<tag>-<time>`` (never over an existing file); returns the new path."""
+    target = path.with_name(f"{path.name}.{tag}-{_stamp()}")
+    n = 1
+    while target.exists():  # rename() would replace a file of the same second
+        target, n = path.with_name(f"{path.name}.{tag}-{_stamp()}-{n}"), n + 1
+    path.rename(target)
+    return target
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds the run's lock (``lock.owner``: "pid N on HOST") while a trainer runs in it, else
+    None. Probes the OS lock without waiting and releases it at once (as rlmin.rundir does)."""
+    from filelock import FileLock, Timeout
+
+    lock = Path(run_dir) / "lock"
+    if not lock.exists():
+        return None
+    probe = FileLock(str(lock))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        try:
+            return (Path(run_dir) / "lock.owner").read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+    except OSError:  # a read-only copy of a grid: nobody trains in it
+        return None
+    probe.release()
+    return None
+
+
+def begin_attempt(run: Run, argv: Sequence[str]) -> None:
+    """Before a run (re)starts: drop its failure record (train.log keeps the story), set aside what
+    an attempt without a checkpoint left (the trainer refuses a run dir that holds a config.yaml it
+    cannot resume), and append the command to command.txt."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / FAILED_FILE).unlink(missing_ok=True)
+    if not run.has_checkpoint() and (run.run_dir / "config.yaml").exists():
+        for name in ("config.yaml", "metrics.jsonl", "tb"):
+            if (run.run_dir / name).exists():
+                set_aside(run.run_dir / name, "earlier")
+    stamp = datetime.now().isoformat(timespec="seconds")
+    with open(run.run_dir / COMMAND_FILE, "a") as f:
+        f.write(f"# {stamp} on {platform.node()}, cwd {os.getcwd()}\n"
+                f"{shlex.join([*_env_prefix(), *argv])}\n")
+
+
+def finish_attempt(run: Run, code: int, error: str | None = None) -> str:
+    """"finished", "interrupted" (a signal stopped it: it resumes) or "failed" (``failed.json``
+    written, with ``error`` or the last line of train.log)."""
+    if code == 0 and run.finished:
+        return "finished"
+    if code in STOPPED_CODES:
+        return "interrupted"
+    from rlmin.checkpoint import atomic_write_bytes
+
+    doc = {"exit_code": code, "time": datetime.now().isoformat(timespec="seconds"),
+           "host": platform.node(),
+           "error": error or last_error_line(run.run_dir / LOG_FILE)
+           or (f"exit 0 but no readable {RESULTS}" if code == 0 else None)}
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run.run_dir / FAILED_FILE,
+                       lambda f: f.write(json.dumps(doc, indent=1).encode()))
+    return "failed"
+
+
+@dataclass
+class Triage:
+    """A launch's runs sorted before anything starts."""
+
+    finished: list[Run] = field(default_factory=list)
+    running: list[Run] = field(default_factory=list)  # a live trainer holds the run dir's lock
+    failed: list[Run] = field(default_factory=list)  # failed before and left alone
+    todo: list[Run] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.finished)} finished (skipped)"]
+        if self.running:
+            parts.append(f"{len(self.running)} running elsewhere (skipped)")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed before (left alone: --rerun-failed runs "
+                         "them again)")
+        return ", ".join(parts) + f", {len(self.todo)} to run"
+
+
+def triage(runs: Sequence[Run], skip_failed: bool = False, echo=print) -> Triage:
+    """Sort runs into finished, running elsewhere, failed (left alone when ``skip_failed``) and to
+    run. A results.json that is not a finished run's is moved aside first (one line each)."""
+    out = Triage()
+    for r in runs:
+        path = r.run_dir / RESULTS
+        problem = results_problem(path) if path.is_file() else None
+        if problem and not lock_holder(r.run_dir):
+            moved = set_aside(path, "broken")
+            echo(f"{r.name}: {RESULTS} {problem}, so the run is not finished: moved it to "
+                 f"{moved.name} and the run goes again")
+        if r.finished:
+            out.finished.append(r)
+        elif lock_holder(r.run_dir):
+            out.running.append(r)
+        elif skip_failed and r.failure() is not None:
+            out.failed.append(r)
+        else:
+            out.todo.append(r)
+    return out
+
+
+# ============================================================================ status
+STATES = ("finished", "running", "interrupted", "failed", "broken", "pending")
+RUN_MARKERS = (RESULTS, COMMAND_FILE, "config.yaml", FAILED_FILE, "checkpoints")
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    steps = [int(m[1]) for p in Path(run_dir).glob("checkpoints/step_*.pt")
+             if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
+    return max(steps) if steps else None
+
+
+def _results_detail(path: Path) -> str:
+    doc = json.loads(path.read_bytes())
+    targets = (doc.get("last_iterate") or {}).get("targets") or {}
+    scores = [f"{t}: {r['normalized_mean']:.1f}" for t, r in targets.items()
+              if isinstance(r, dict) and isinstance(r.get("normalized_mean"), (int, float))]
+    return ", ".join([f"step {doc.get('step', '?')}", *scores])
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """(state, detail) of one run from its folder alone; ``state`` is one of :data:`STATES`."""
+    run_dir = Path(run_dir)
+    results = run_dir / RESULTS
+    problem = results_problem(results) if results.is_file() else None
+    if results.is_file() and problem is None:
+        return "finished", _results_detail(results)
+    holder, step = lock_holder(run_dir), _checkpoint_step(run_dir)
+    at = f"last checkpoint at step {step}" if step is not None else "no checkpoint yet"
+    if holder:
+        return "running", f"{holder}; {at}"
+    if problem:
+        return "broken", f"{RESULTS} {problem}: the next `repro run` moves it aside and runs it again"
+    failure = read_failure(run_dir)
+    if failure is not None:
+        return "failed", (f"exit {failure.get('exit_code', '?')} at {failure.get('time', '?')}: "
+                          f"{failure.get('error') or 'no error line in ' + LOG_FILE}")
+    if step is not None:
+        return "interrupted", f"{at}: the next `repro run` resumes it"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return "interrupted", "stopped before its first checkpoint: the next `repro run` starts it over"
+    return "pending", "not started"
+
+
+def grid_run_dirs(out_dir: Path) -> list[tuple[str, Path]]:
+    """(name, run dir) of every run of a grid folder: the runs ``grid.json`` planned (whether or
+    not they have a folder yet), then every other folder that holds a run's files."""
+    out_dir = Path(out_dir)
+    names: dict[str, Path] = {}
+    try:
+        planned = json.loads((out_dir / GRID_FILE).read_text()).get("runs") or []
+    except (OSError, ValueError, AttributeError):
+        planned = []  # no grid.json (a folder copied together by hand): the folders alone
+    for entry in planned:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            names[entry["name"]] = out_dir / entry["name"]  # the layout is <out>/<name>
+    found = {p.parent for marker in RUN_MARKERS for p in out_dir.rglob(marker)
+             if SUBMITIT_DIR not in p.relative_to(out_dir).parts}
+    for run_dir in sorted(found):
+        names.setdefault(run_dir.relative_to(out_dir).as_posix(), run_dir)
+    return list(names.items())
+
+
+def grid_status(out_dir: Path) -> list[tuple[str, str, str]]:
+    """(name, state, detail) per run of a grid folder (:func:`grid_run_dirs`, :func:`run_state`)."""
+    return [(name, *run_state(run_dir)) for name, run_dir in grid_run_dirs(out_dir)]
+
+
+def format_status(rows: Sequence[tuple[str, str, str]]) -> str:
+    """One line per run (state, run, detail), then the counts."""
+    width = max([len("run"), *(len(name) for name, _, _ in rows)])
+    lines = [f"{'state':<12} {'run':<{width}}  detail"]
+    lines += [f"{state:<12} {name:<{width}}  {detail}".rstrip() for name, state, detail in rows]
+    counts = {s: sum(1 for _, state, _ in rows if state == s) for s in STATES}
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if counts["failed"]:
+        lines.append("the next `rlmin repro run` of this grid leaves the failed runs alone; add "
+                     "--rerun-failed to run them again")
+    return "\n".join(lines)
+
+
+def cmd_status(args, echo=print) -> int:
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise ReproError(f"no grid folder {out}")
+    rows = grid_status(out)
+    if not rows:
+        raise ReproError(f"no runs under {out} (and no {GRID_FILE} listing any)")
+    echo(format_status(rows))
+    return 0
+
+
 # ============================================================================ running
 class SubprocessRunner:
     """Runs ``rlmin train`` commands as child processes (the driver's default runner)."""
@@ -250,64 +535,58 @@ class GridOutcome:
     skipped: list[Run] = field(default_factory=list)
     succeeded: list[Run] = field(default_factory=list)
     failed: list[tuple[Run, int]] = field(default_factory=list)
+    interrupted: list[Run] = field(default_factory=list)  # stopped by a signal: they resume
+    left_failed: list[Run] = field(default_factory=list)  # failed before, not rerun
+    running: list[Run] = field(default_factory=list)  # running elsewhere, not started
+    submitted: list[Run] = field(default_factory=list)  # on Slurm, not waited for
+
+    @property
+    def complete(self) -> bool:
+        return not (self.failed or self.interrupted or self.left_failed or self.running
+                    or self.submitted)
 
 
 def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | None = None,
-             echo: Callable[[str], None] = print) -> GridOutcome:
-    """Run every unfinished run (``workers`` at a time); finished ones are skipped.
+             echo: Callable[[str], None] = print, skip_failed: bool = False) -> GridOutcome:
+    """Run every unfinished run (``workers`` at a time); finished ones are skipped, and so are
+    failed ones when ``skip_failed`` (the command line's default; --rerun-failed clears it).
 
     ``runner`` has ``prepare(run) -> exit code`` and ``run(run, argv, log_path) -> exit code``
     (default :class:`SubprocessRunner`); the tests inject a fake one. Each run's command is
-    written to ``<run_dir>/command.txt`` before it starts. A failed run is reported and the
-    others go on.
+    written to ``<run_dir>/command.txt`` before it starts. A failed run gets ``failed.json`` and
+    the others go on.
     """
     runner = runner or SubprocessRunner()
     workers = max(1, int(workers))
     threads = max(1, (cores or available_cores()) // workers)
-    todo = pending(runs)
-    outcome = GridOutcome(list(runs), skipped=[r for r in runs if r.finished])
-    echo(f"{len(runs)} runs: {len(outcome.skipped)} finished "
-         f"(skipped), {len(todo)} to run, {workers} at a time, train.num_threads={threads}")
+    sorted_runs = triage(runs, skip_failed, echo)
+    todo = sorted_runs.todo
+    outcome = GridOutcome(list(runs), skipped=sorted_runs.finished,
+                          left_failed=sorted_runs.failed, running=sorted_runs.running)
+    echo(f"{len(runs)} runs: {sorted_runs.summary()}, {workers} at a time, "
+         f"train.num_threads={threads}")
     if not todo:
         return outcome
-    if workers > 1:  # one dataset build per task, not one per worker
-        seen = set()
-        for r in todo:
-            key = (r.config_files[0],  # the dataset depends on the task and data.* keys only
-                   tuple(o for o in r.overrides if o.startswith("data.")))
-            if key not in seen:
-                seen.add(key)
-                code = runner.prepare(r)
-                if code:
-                    echo(f"preparing the dataset of {r.task} failed (exit {code}); its runs will "
-                         "try on their own")
+    if workers > 1:
+        prepare_datasets(todo, runner, echo)
     lock = threading.Lock()
 
     def one(i_run):
         i, r = i_run
-        r.run_dir.mkdir(parents=True, exist_ok=True)
         argv = r.argv(num_threads=threads)
-        stamp = datetime.now().isoformat(timespec="seconds")
-        with open(r.run_dir / COMMAND_FILE, "a") as f:
-            f.write(f"# {stamp} on {platform.node()}, cwd {os.getcwd()}\n"
-                    f"{shlex.join([*_env_prefix(), *argv])}\n")
+        begin_attempt(r, argv)
         with lock:
             echo(f"[{i + 1}/{len(todo)}] start {r.name}  (log: {r.run_dir / LOG_FILE})")
+        error = None
         try:
             code = runner.run(r, argv, r.run_dir / LOG_FILE)
         except Exception as e:  # a runner that cannot start the run: one failed run, not a crash
             with lock:
                 echo(f"[{i + 1}/{len(todo)}] could not run {r.name}: {e!r}")
-            code = -1
-        ok = code == 0 and r.finished
+            code, error = -1, f"could not start: {e!r}"
+        state = finish_attempt(r, code, error)
         with lock:
-            if ok:
-                outcome.succeeded.append(r)
-                echo(f"[{i + 1}/{len(todo)}] done  {r.name}")
-            else:
-                outcome.failed.append((r, code))
-                echo(f"[{i + 1}/{len(todo)}] FAILED {r.name} (exit {code}, "
-                     f"{'no ' if not r.finished else ''}results.json); see {r.run_dir / LOG_FILE}")
+            report_attempt(outcome, r, state, code, f"[{i + 1}/{len(todo)}]", echo)
 
     if workers == 1:
         for item in enumerate(todo):
@@ -316,6 +595,39 @@ def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | No
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(one, enumerate(todo)))
     return outcome
+
+
+def prepare_datasets(todo: Sequence[Run], runner=None, echo=print) -> None:
+    """Load (building it if missing) each dataset of ``todo`` once, before runs start side by
+    side: parallel runs would otherwise build one dataset at once, and all but one would fail."""
+    runner = runner or SubprocessRunner()
+    seen = set()
+    for r in todo:
+        key = (r.config_files[0],  # the dataset depends on the task and data.* keys only
+               tuple(o for o in r.overrides if o.startswith("data.")))
+        if key not in seen:
+            seen.add(key)
+            code = runner.prepare(r)
+            if code:
+                echo(f"preparing the dataset of {r.task} failed (exit {code}); its runs will "
+                     "try on their own")
+
+
+def report_attempt(outcome: GridOutcome, run: Run, state: str, code: int | None, prefix: str,
+                   echo) -> None:
+    """File one attempt's end (``finish_attempt``'s state) in ``outcome`` and say it in a line."""
+    if state == "finished":
+        outcome.succeeded.append(run)
+        echo(f"{prefix} done  {run.name}")
+    elif state == "interrupted":
+        outcome.interrupted.append(run)
+        echo(f"{prefix} stopped {run.name} (exit {code}): the same command resumes it from its "
+             "last checkpoint")
+    else:
+        outcome.failed.append((run, code))
+        error = (run.failure() or {}).get("error")
+        echo(f"{prefix} FAILED {run.name} (exit {code}, {'no ' if not run.finished else ''}"
+             f"results.json){': ' + error if error else ''}; see {run.run_dir / LOG_FILE}")
 
 
 RECORDED_ENV = ("MINARI_DATASETS_PATH", "CUDA_VISIBLE_DEVICES")
@@ -329,14 +641,18 @@ def _env_prefix() -> list[str]:
 def invocation(args) -> list[str]:
     """The ``rlmin repro run`` command line equivalent to parsed ``args`` (whatever the entry point)."""
     argv = [*_env_prefix(), "rlmin", "repro", "run"]
-    for opt in ("grid", "out", "tasks", "backbones", "seeds", "workers", "cores", "shard"):
+    for opt in ("grid", "out", "tasks", "backbones", "seeds", "workers", "cores", "shard",
+                "launcher", *(flag for flag, _ in SLURM_FLAGS)):
         value = getattr(args, opt, None)
         if value is not None:
-            argv += [f"--{opt}", str(value)]
+            argv += [f"--{opt.replace('_', '-')}", str(value)]
+    for item in getattr(args, "sbatch", None) or ():
+        argv += ["--sbatch", item]
     if getattr(args, "config_root", None) and Path(args.config_root) != CONFIG_ROOT:
         argv += ["--config-root", str(args.config_root)]
-    if getattr(args, "no_report", False):
-        argv.append("--no-report")
+    for flag in ("rerun_failed", "no_array", "wait", "no_report"):
+        if getattr(args, flag, False):
+            argv.append(f"--{flag.replace('_', '-')}")
     return argv + list(args.overrides)
 
 
@@ -394,8 +710,20 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+# --launcher slurm's resource flags: (attribute, help); values are checked by rlmin.launch.
+SLURM_FLAGS = (
+    ("partition", "Slurm partition (grid file: slurm.partition)"),
+    ("time", "time limit of one job, in minutes (slurm.time); a run that needs longer is "
+             "requeued from its checkpoint"),
+    ("cpus_per_run", "CPUs per run (slurm.cpus_per_run; also the run's train.num_threads)"),
+    ("gpus_per_run", "GPUs per run (slurm.gpus_per_run)"),
+    ("mem_gb", "memory per run in GB (slurm.mem_gb)"),
+    ("array_parallelism", "runs of the job array at a time (slurm.array_parallelism)"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` / ``report`` sub-commands, on ``rlmin repro`` and on scripts/repro.py."""
+    """The ``run`` / ``report`` / ``status`` sub-commands, on ``rlmin repro`` and scripts/repro.py."""
     sub = parser.add_subparsers(dest="repro_command", required=True)
     p = sub.add_parser("run", help="run (or resume) a grid of training runs, then report it",
                        description="Run a task configs x backbone configs x seeds grid of "
@@ -417,18 +745,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run only shard I of N (0 <= I < N): runs I, I+N, ... of the full grid")
     p.add_argument("--config-root", default=str(CONFIG_ROOT),
                    help="folder with tasks/, backbones/ and grids/")
+    p.add_argument("--rerun-failed", action="store_true",
+                   help="run again the runs that failed before (their failed.json); without it "
+                        "they are left alone")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
+    p.add_argument("--launcher", default=None, metavar="|".join(LAUNCHERS),
+                   help="local (default): a pool of `rlmin train` processes here; "
+                        "submitit-local: the same runs as submitit jobs here (to try a Slurm "
+                        "grid); slurm: one Slurm job per run, as a job array")
+    g = p.add_argument_group("--launcher slurm (flags win over the grid file's slurm: mapping)")
+    for flag, text in SLURM_FLAGS:  # strings: rlmin.launch checks them, in one line each
+        g.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=text,
+                       metavar={"partition": "NAME", "time": "MINUTES", "mem_gb": "GB"}.get(flag, "N"))
+    g.add_argument("--sbatch", action="append", default=None, metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --sbatch account=proj --sbatch qos=low "
+                        "(repeat it; slurm.sbatch in the grid file)")
+    g.add_argument("--no-array", action="store_true",
+                   help="submit one job per run instead of one job array")
+    g.add_argument("--wait", action="store_true",
+                   help="wait for the jobs to end, then report (default: submit and return)")
     p = sub.add_parser("report", help="collect every results.json under a folder into report.md "
                                       "(+ scores.png, curves.png, report.json)")
     p.add_argument("out_dir")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
+    p.add_argument("--against", action="append", default=[], metavar="LABEL",
+                   help="pair every other agent with this one run by run (same dataset and seed): "
+                        "the mean difference with its CI; repeatable")
+    p = sub.add_parser("status", help="each run's state in a grid folder: finished, running, "
+                                      "interrupted, failed, pending",
+                       description="Read each run's state from its folder alone (grid.json, "
+                                   "where there is one, adds the runs not started yet).")
+    p.add_argument("out_dir")
+
+
+def _check_launcher(args, grid: Grid | None):
+    """The launcher and, for Slurm, its resources; a user mistake is a ReproError."""
+    launcher = args.launcher or "local"
+    if launcher not in LAUNCHERS:
+        raise ReproError(f"--launcher takes {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if launcher != "local":
+        import importlib.util
+
+        if importlib.util.find_spec("submitit") is None:  # an install from before it was needed
+            raise ReproError(f"--launcher {launcher} needs submitit: pip install 'submitit>=1.5'")
+    if launcher != "slurm":
+        given = [f"--{f.replace('_', '-')}" for f in [*(f for f, _ in SLURM_FLAGS), "sbatch",
+                                                      "no_array", "wait"] if getattr(args, f, None)]
+        if given:
+            raise ReproError(f"{given[0]} is for --launcher slurm (this is --launcher {launcher})")
+        return launcher, None
+    if args.workers is not None:
+        raise ReproError("--workers is for the local launchers; on Slurm --array-parallelism caps "
+                         "the runs at a time")
+    from rlmin.launch import slurm_resources
+
+    return launcher, slurm_resources(grid.slurm if grid else {}, args)
 
 
 def cmd_run(args, runner=None, echo=print) -> int:
     config_root = Path(args.config_root)
     grid = load_grid(args.grid, config_root) if args.grid else None
+    launcher, resources = _check_launcher(args, grid)
     tasks = _names(args.tasks) or (grid.tasks if grid else None)
     backbones = _names(args.backbones) or (grid.backbones if grid else None)
     seeds = _seeds(args.seeds) if args.seeds else (grid.seeds if grid else (0, 1, 2))
@@ -444,25 +823,50 @@ def cmd_run(args, runner=None, echo=print) -> int:
                 last_overrides=list(args.overrides))
     mine = shard(runs, *parse_shard(args.shard)) if args.shard else runs
     if args.dry_run:
-        threads = max(1, (args.cores or available_cores()) // workers)
+        threads = (resources.cpus_per_run if resources
+                   else max(1, (args.cores or available_cores()) // workers))
         for r in mine:
             state = "finished" if r.finished else "to run"
             echo(f"# {r.name} ({state})\n{shlex.join(r.argv(num_threads=threads))}")
         echo(f"{len(mine)} runs ({len(pending(mine))} to run) of a {len(runs)}-run grid")
+        if resources:
+            echo(f"on Slurm, each run a job with {resources.describe()}")
         return 0
+    if resources:
+        from rlmin.launch import check_slurm_commands
+
+        check_slurm_commands()  # before anything is written: a login node without sbatch
     line = record_invocation(out, invocation(args))
     write_grid(out, runs, {"command": line, "grid": grid and grid.name, "tasks": list(tasks),
                            "backbones": list(backbones), "seeds": list(seeds),
                            "variants": dict(grid.variants) if grid else {},
                            "overrides": overrides, "shard": args.shard})
-    outcome = run_grid(mine, workers=workers, runner=runner, cores=args.cores, echo=echo)
+    skip_failed = not args.rerun_failed
+    if launcher == "local":
+        outcome = run_grid(mine, workers=workers, runner=runner, cores=args.cores, echo=echo,
+                           skip_failed=skip_failed)
+    else:
+        from rlmin.launch import launch
+
+        outcome = launch(mine, out, launcher, workers=workers, cores=args.cores,
+                         resources=resources, skip_failed=skip_failed, array=not args.no_array,
+                         wait=args.wait or launcher != "slurm", label=grid.name if grid else "grid",
+                         echo=echo)
+    if outcome.submitted:
+        return 0  # on Slurm; `rlmin repro status` follows the jobs, `rlmin repro report` ends it
     echo(f"{len(outcome.succeeded)} run(s) finished now, {len(outcome.skipped)} already, "
-         f"{len(outcome.failed)} failed")
+         f"{len(outcome.failed)} failed"
+         + (f", {len(outcome.interrupted)} stopped (the same command resumes them)"
+            if outcome.interrupted else ""))
+    if outcome.left_failed:
+        echo(f"{len(outcome.left_failed)} run(s) that failed before were left alone (why: "
+             f"failed.json in each, or `rlmin repro status {out}`); add --rerun-failed to run "
+             "them again")
     if not args.no_report and any(out.rglob(RESULTS)):
         from rlmin.report import report
 
         report(out, echo=echo)
-    return 1 if outcome.failed else 0
+    return 0 if outcome.complete else 1
 
 
 def run_command(args, runner=None, echo=print) -> int:
@@ -470,9 +874,12 @@ def run_command(args, runner=None, echo=print) -> int:
     try:
         if args.repro_command == "run":
             return cmd_run(args, runner, echo)
+        if args.repro_command == "status":
+            return cmd_status(args, echo)
         from rlmin.report import report
 
-        report(args.out_dir, n_resamples=args.resamples, seed=args.seed, echo=echo)
+        report(args.out_dir, n_resamples=args.resamples, seed=args.seed, echo=echo,
+               against=args.against)
         return 0
     except ReproError as e:
         print(f"repro: {e}", file=sys.stderr)

@@ -199,7 +199,7 @@ def test_shards_partition_the_grid(tmp_path):
 def test_finished_runs_are_skipped_and_commands_recorded(tmp_path):
     runs = grid.plan(["hopper-medium"], ["mingru", "bc"], [0, 1, 2], tmp_path / "g")
     runs[1].run_dir.mkdir(parents=True)
-    (runs[1].run_dir / "results.json").write_text("{}")
+    (runs[1].run_dir / "results.json").write_text(json.dumps(fake_results("mingru", 1, {3600: 1.0})))
     runner = FakeRunner(fail={"hopper-medium/bc/seed2"})
     out = grid.run_grid(runs, workers=2, runner=runner, cores=4, echo=lambda s: None)
     ran = sorted(name for name, _ in runner.calls)
