@@ -269,7 +269,23 @@ class DecisionAgent(Agent):
         if target_return is None:
             raise ValueError("a DecisionAgent needs a target_return (the return it is asked to achieve)")
         target = self.env_rows(target_return, n_envs, "target_return")
+        limit = self.max_target_return()
+        if not bool((target.abs() <= limit).all()):  # NaN and inf fail too
+            worst = float(target[~(target.abs() <= limit)][0])
+            raise ValueError(f"target return {worst:g} overflows this agent's float32 maths (it "
+                             f"embeds target / return_scale {self.return_scale:g}): give a target "
+                             f"of at most {limit:.3g} in absolute value")
         return self._fresh_state(target)
+
+    def max_target_return(self) -> float:
+        """The largest |target return| the agent embeds without float32 overflow. Its return
+        token is ``w * R / return_scale + b`` (one weight per feature); the LayerNorm after it
+        squares the token's features (less their mean: up to twice as large) and sums d_model of
+        them, so each must stay below sqrt(float32 max / d_model) / 2; a margin of 2 more."""
+        w = float(self.embed_return.weight.detach().abs().max())
+        b = float(self.embed_return.bias.detach().abs().max())
+        token = (torch.finfo(torch.float32).max / self.d_model) ** 0.5 / 4
+        return self.return_scale * max(0.0, token - b) / max(w, 1e-30)
 
     def _fresh_state(self, target: torch.Tensor) -> State:
         n, dev, dt = target.shape[0], self.device, self.dtype

@@ -116,7 +116,13 @@ def _load_policy(path: str | Path, task: Task):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"behaviour policy {path} does not exist")
-    actor, meta = load_actor(path)
+    try:
+        actor, meta = load_actor(path)
+    except Exception as e:  # noqa: BLE001 (any file that is not an actor: one line, never torch's advice)
+        raise ValueError(f"--policy {path} is not a behaviour actor ({_what_file(path, e)}): "
+                         f"pass an actor written by envs.behaviour.save_actor (a SAC run's "
+                         f"actor_<step>.pt from scripts/train_behaviour.py, or envs/policies/"
+                         f"<task>-<level>.pt)") from None
     obs_dim, act_dim = actor.latent_pi[0].in_features, actor.mu.out_features
     want = ((task.obs_dim,), (task.act_dim,)) if task.obs_dim else _spaces_shapes(task)
     if ((obs_dim,), (act_dim,)) != want:
@@ -126,6 +132,28 @@ def _load_policy(path: str | Path, task: Task):
     if meta.get("env_id") not in (None, task.env_id):
         raise ValueError(f"policy {path} was trained on {meta['env_id']}, not {task.env_id}")
     return actor, meta
+
+
+def _what_file(path: Path, error: BaseException) -> str:
+    """What a file that ``load_actor`` refused is, in a few words (rlmin's own files by their
+    keys; the safe loader's refusal without its advice to load unsafely)."""
+    from rlmin.checkpoint import TRAINING_KEYS, _loader_reason
+
+    if isinstance(error, pickle.UnpicklingError):
+        if "global" in str(error).lower():
+            return "it holds Python code or objects, and rlmin never runs code from a file"
+        return f"not a torch file, or a damaged one: {_loader_reason(error)}"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        return f"not a torch file, or a damaged one: {_loader_reason(e)}"
+    if not isinstance(payload, dict):
+        return f"it holds a {type(payload).__name__}"
+    if all(k in payload for k in TRAINING_KEYS):
+        return "it is an rlmin training checkpoint"
+    if "agent" in payload and "eval_spec" in payload:
+        return f"it is an exported policy ({payload.get('format', 'rlmin')}), not an actor"
+    return f"its keys are {', '.join(sorted(map(str, payload))[:6])}"
 
 
 def _spaces_shapes(task: Task):

@@ -45,6 +45,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_latest",
+    "TRAINING_KEYS",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -56,7 +57,12 @@ _TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, found or loaded. The message says which file and what to do."""
+    """A checkpoint could not be written, found or loaded. The message says which file and what to do;
+    ``reason`` (when set) is what was wrong with the file, in a few words, for lists of files."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------- paths
@@ -249,6 +255,8 @@ def _loader_reason(e: BaseException) -> str:
     if m:
         msg = m.group(1)
     msg = " ".join(msg.split())
+    if "weights_only" in msg:  # torch's advice to load unsafely: rlmin never passes it on
+        msg = ""
     if len(msg) > 300:
         msg = msg[:300] + "..."
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
@@ -280,47 +288,57 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             raise CheckpointError(
                 f"refused to load {path}: it holds Python code or objects, not only tensors and "
                 f"plain values, and rlmin never runs code from a checkpoint. Use a file written "
-                f"by rlmin (a run's checkpoints/step_*.pt or `rlmin export`)."
-            ) from e
+                f"by rlmin (a run's checkpoints/step_*.pt or `rlmin export`).",
+                reason="it holds Python code or objects, and rlmin never runs code from a "
+                       "checkpoint") from e
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({reason}). Delete it and resume from "
-            f"an earlier checkpoint (load_latest falls back automatically), or start the run "
-            f"again."
-        ) from e
+            f"checkpoint {path} is truncated or corrupt, or not a torch file ({reason}): pass "
+            f"another one (a run dir gives its newest loadable checkpoint)",
+            reason=f"truncated or corrupt ({reason})") from e
     if not isinstance(payload, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(payload).__name__}, expected a dict; "
-            f"it was not written by rlmin.checkpoint.save_checkpoint"
-        )
+            f"it was not written by rlmin.checkpoint.save_checkpoint",
+            reason=f"a {type(payload).__name__}, not a checkpoint")
     return payload
 
 
-def load_latest(run_dir: str | os.PathLike) -> tuple[dict, Path]:
+#: What a checkpoint written by the trainer holds (``rlmin train --resume`` needs all of it); an
+#: exported policy has the agent and weights but none of the training state.
+TRAINING_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "rng_per_rank", "config",
+                 "agent", "eval_spec", "dataset", "eval_history")
+
+
+def load_latest(run_dir: str | os.PathLike, required: tuple[str, ...] = ()) -> tuple[dict, Path]:
     """Load the newest loadable checkpoint of a run; returns ``(payload, path)``.
 
-    If the newest file is damaged, warns (naming it) and tries the one before, and so on.
-    Raises :class:`CheckpointError` when the run has no checkpoints, or none of them loads.
+    If the newest file is damaged, warns (naming it) and tries the one before, and so on. A file
+    that lacks any of the ``required`` keys (e.g. :data:`TRAINING_KEYS`: an exported policy that
+    was put into ``checkpoints/``) is skipped the same way. Raises :class:`CheckpointError` when
+    the run has no checkpoints, or none of them loads.
     """
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise CheckpointError(
             f"no checkpoints in {checkpoint_dir(run_dir)}: this run never saved one "
-            f"(or the directory is wrong). Start it from scratch instead of resuming."
-        )
+            f"(or the directory is wrong)")
     failures: list[str] = []
     for p in reversed(ckpts):
         try:
             payload = load_checkpoint(p)
+            missing = [k for k in required if k not in payload]
+            if missing:
+                what = (f"not a training checkpoint ({payload.get('format') or 'no training state'}"
+                        f": it lacks {', '.join(missing)})")
+                raise CheckpointError(f"{p} is {what}", reason=what)
         except CheckpointError as e:
-            failures.append(f"  {p}: {e}")
+            failures.append(f"{p.name}: {e.reason or e}")
             warnings.warn(f"skipping unloadable checkpoint {p}: {e}", RuntimeWarning, stacklevel=2)
             continue
         return payload, p
     raise CheckpointError(
-        f"none of the {len(ckpts)} checkpoints in {checkpoint_dir(run_dir)} could be loaded; "
-        f"tried, newest first:\n" + "\n".join(failures)
-        + "\nStart the run again from scratch (or restore the files from a backup)."
-    )
+        f"none of the {len(ckpts)} checkpoints in {checkpoint_dir(run_dir)} could be loaded "
+        f"(newest first: {'; '.join(failures)})")
 
 
 # --------------------------------------------------------------------------------------- RNG

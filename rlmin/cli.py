@@ -3,7 +3,7 @@
     rlmin train CONFIG [CONFIG ...] [key=value ...]     train a run (configs merge left to right)
     rlmin train --resume RUN_DIR [train.steps=N ...]     continue (or extend) a run
     rlmin eval CKPT|RUN_DIR [--episodes N] [--mode M] [--out F] [--overwrite] [--video F.mp4]
-    rlmin export CKPT|RUN_DIR OUT.pt|OUT.onnx            a self-contained policy file
+    rlmin export CKPT|RUN_DIR OUT.pt|OUT.onnx [--overwrite]  a self-contained policy file
     rlmin data build TASK LEVEL [--steps N] [--policy P] [--sac-run DIR] [--overwrite]
     rlmin data list                                       local datasets with status and scores
     rlmin configs | rlmin runs [DIR] | rlmin --version
@@ -96,7 +96,8 @@ def cmd_eval(args) -> int:
     if args.targets and not all(math.isfinite(t) and t >= 0 for t in args.targets):
         raise UsageError(f"--targets must be finite returns >= 0, got {args.targets}")
     out = Path(args.out) if args.out else _default_eval_path(Path(args.checkpoint), args)
-    check_output(out, overwrite=args.overwrite, may_create=not args.out)
+    check_output(out, overwrite=args.overwrite, may_create=not args.out,
+                 source=Path(args.checkpoint))
     video = Path(args.video) if args.video else None
     if video is not None:
         from rlmin.video import VideoError, check_video_path
@@ -105,7 +106,8 @@ def cmd_eval(args) -> int:
             check_video_path(video)
         except VideoError as e:
             raise UsageError(str(e)) from None
-        check_output(video, overwrite=args.overwrite)
+        check_output(video, overwrite=args.overwrite, flag="--video",
+                     source=Path(args.checkpoint))
     try:
         res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
                                   target_returns=args.targets, seed=args.seed,
@@ -139,49 +141,40 @@ def record_video(args, video: Path, res: dict) -> str:
 
 
 def _default_eval_path(checkpoint: Path, args) -> Path:
-    """One file per evaluation setting, next to the checkpoint (a run dir: inside it)."""
-    base = checkpoint / "eval" if checkpoint.is_dir() else checkpoint.parent
+    """One file per evaluation setting, next to the checkpoint; for a run dir or one of its
+    checkpoints, in the run dir's ``eval/`` (only the trainer writes in ``checkpoints/``)."""
+    in_run = checkpoint.parent.name == "checkpoints" and checkpoint.parent.parent.is_dir()
+    base = (checkpoint / "eval" if checkpoint.is_dir()
+            else checkpoint.parent.parent / "eval" if in_run else checkpoint.parent)
     stem = "latest" if checkpoint.is_dir() else checkpoint.stem
     mode = args.mode or "default"
     return base / f"{stem}.{mode}.seed{args.seed}.ep{args.episodes}.eval.json"
 
 
-def check_output(out: Path, overwrite: bool = False, may_create: bool = False) -> None:
-    """Before any work: ``out`` is a writable file path that holds nothing we would lose.
+def check_output(out: Path, overwrite: bool = False, may_create: bool = False,
+                 flag: str = "--out", source: Path | None = None) -> None:
+    """Before any work: ``out`` may be written (``rlmin.rundir.check_output``, the one check every
+    writer makes: no run's own files, nothing existing without ``--overwrite``)."""
+    from rlmin.rundir import check_output as check
 
-    Its folder must exist (a mistyped --out creates nothing), except with ``may_create`` (the
-    default path, a run dir's ``eval/``): then the folder above it must be writable."""
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a directory: give a file name")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists: pass --overwrite to replace it, or --out another file")
-    folder = out.parent
-    if not folder.is_dir():
-        if not (may_create and folder.parent.is_dir()):
-            raise UsageError(f"--out {out}: the folder {folder} does not exist; create it first "
-                             f"or pick another --out")
-        folder = folder.parent
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"cannot write to {folder}: pick another --out")
+    check(out, overwrite=overwrite, may_create=may_create, flag=flag, source=source)
 
 
 def cmd_export(args) -> int:
-    from rlmin.checkpoint import CheckpointError
-    from rlmin.policy import check_output_file, export_policy
+    from rlmin.policy import export_policy
 
     onnx = Path(args.out).suffix == ".onnx"
     if args.quantize and not onnx:
         raise UsageError(f"--quantize {args.quantize} applies to ONNX policies: name the output "
                          f"policy.onnx (a .pt policy keeps the checkpoint's float weights)")
-    try:
-        check_output_file(Path(args.out))  # before loading anything: a usage error
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    check_output(Path(args.out), overwrite=args.overwrite, flag="output",  # before loading anything
+                 source=Path(args.checkpoint))
     if onnx:  # one carry step as an ONNX graph (rlmin/onnx_export.py)
         from rlmin.onnx_export import export_onnx
-        path = export_onnx(args.checkpoint, args.out, quantize=args.quantize)
+        path = export_onnx(args.checkpoint, args.out, quantize=args.quantize,
+                           overwrite=args.overwrite)
     else:
-        path = export_policy(args.checkpoint, args.out)
+        path = export_policy(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"exported policy: {path}\nload it with: rlmin.policy.Policy.load({str(path)!r})")
     return 0
 
@@ -256,6 +249,9 @@ def cmd_runs(args) -> int:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    for row in rows:  # what could not be read, and the one thing to do about it
+        if row.get("problem"):
+            print(f"unreadable: {row['problem']}")
     return 0
 
 
@@ -314,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="ONNX only: int8 weights (faster on CPUs with int8 dot products; not exact: "
                         "`rlmin eval policy.onnx` gives its score)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("configs", help="list the shipped configs")
@@ -371,10 +368,10 @@ def _user_error(e: BaseException) -> tuple[int, str] | None:
     from rlmin.data.episodes import DataError
     from rlmin.data.minari_io import DatasetNotFoundError
     from rlmin.registry import RegistryError
-    from rlmin.rundir import RunDirError
+    from rlmin.rundir import OutputError, RunDirError
     from rlmin.train import TrainingError
 
-    if isinstance(e, (ConfigError, UsageError, RunDirError)):
+    if isinstance(e, (ConfigError, UsageError, RunDirError, OutputError)):
         return 2, "error"
     from rlmin.video import VideoError
 

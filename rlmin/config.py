@@ -119,7 +119,8 @@ _POSITIVE = ("data.seq_len", "train.steps", "train.batch_size", "train.lr", "tra
              "train.checkpoint_every", "train.keep_checkpoints", "eval.episodes")
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_every",
                  "train.batch_timesteps", "train.lr_floor", "train.ema",
-                 "train.num_threads", "eval.n_envs", "eval.max_episode_steps", "data.burn_in")
+                 "train.num_threads", "eval.n_envs", "eval.max_episode_steps", "data.burn_in",
+                 "train.seed", "eval.seed")
 _SCHEMA_HINT = "See rlmin/config.py (or README.md, Config reference) for every key and its type."
 
 
@@ -202,6 +203,10 @@ def validate(cfg: DictConfig) -> None:
     if targets is not None and not len(targets):
         raise ConfigError("config key 'eval.target_returns' is empty: give one or more returns, "
                           "or null for the task's")
+    for key, values in (("eval.target_returns", targets), ("eval.target_scores", scores)):
+        if values is not None and len(set(values)) != len(values):
+            raise ConfigError(f"config key '{key}' has duplicates ({list(values)}): give each "
+                              f"target once")
     if not cfg.train.lr_floor <= 1:
         raise ConfigError(f"config key 'train.lr_floor' is a fraction of train.lr in [0, 1], got "
                           f"{cfg.train.lr_floor}")

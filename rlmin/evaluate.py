@@ -37,8 +37,8 @@ from rlmin.registry import TASKS, load_group
 from rlmin.scores import normalized_score
 from rlmin.spec import EvalSpec
 
-__all__ = ["EvalUsageError", "episode_seed", "evaluate", "evaluate_checkpoint",
-           "format_results_table", "target_key"]
+__all__ = ["EvalUsageError", "EvaluationStopped", "check_evaluation", "episode_seed", "evaluate",
+           "evaluate_checkpoint", "format_results_table", "target_key"]
 
 DEFAULT_MAX_ENVS = 16
 
@@ -83,12 +83,18 @@ def _to_numpy_action(action: Any, n_envs: int, space: gym.Space) -> np.ndarray:
     return action.astype(space.dtype, copy=False)
 
 
+class EvaluationStopped(Exception):
+    """``evaluate(stop=...)`` ended early, between two env steps, because ``stop()`` said so (the
+    trainer's stop flag: Ctrl-C or SIGTERM)."""
+
+
 def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int,
-                max_steps: int | None = None, bar=None):
+                max_steps: int | None = None, bar=None, stop=None):
     """Run the fixed set of ``episodes`` episodes for one target; returns (returns, lengths).
 
     ``max_steps``: the episodes' time limit; the loop stops with an error after the steps that
-    many episodes can take, so broken bookkeeping fails instead of running forever.
+    many episodes can take, so broken bookkeeping fails instead of running forever. ``stop``: a
+    callable asked before every env step; when it returns True, :class:`EvaluationStopped`.
     """
     budget = (math.ceil(episodes / n_envs) + 1) * (max_steps or 1_000_000)
     returns = np.full(episodes, np.nan, dtype=np.float64)
@@ -103,6 +109,9 @@ def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int
     state = agent.reset(n_envs, target)
     reward_in, done_in = None, None
     for _ in range(budget):
+        if stop is not None and stop():
+            raise EvaluationStopped(f"evaluation stopped at target {target:g} with "
+                                    f"{remaining} of {episodes} episodes to run")
         action, state = agent.act(obs, reward_in, state, done_in)
         action = _to_numpy_action(action, n_envs, env.single_action_space)
         obs, reward, terminated, truncated, _ = env.step(action)
@@ -137,6 +146,64 @@ def _run_target(agent, env, target: float, episodes: int, n_envs: int, seed: int
     return returns, lengths
 
 
+def check_evaluation(agent, spec: EvalSpec, *, episodes: int,
+                     target_returns: float | Sequence[float] | None = None,
+                     n_envs: int | None = None, seed: int = 0,
+                     max_episode_steps: int | None = None) -> tuple[list[float], int, int | None]:
+    """Everything :func:`evaluate` will use, checked before any episode runs: returns (targets,
+    n_envs, time limit). The trainer calls it before its first step, so a setting that would
+    break the final evaluation fails before the work. Checks the arguments, the reference
+    scores, that the env exists with the data's spaces, and each target through the agent's own
+    ``reset`` (an agent refuses a target its float32 maths would overflow). Raises
+    :class:`EvalUsageError` (a ValueError) naming what to change."""
+    max_episode_steps = max_episode_steps or spec.max_episode_steps
+    if target_returns is None:
+        target_returns = spec.target_returns
+    if isinstance(target_returns, (int, float, np.integer, np.floating)):
+        target_returns = [target_returns]
+    targets = [float(t) for t in target_returns]
+    if not targets:
+        raise EvalUsageError("target_returns is empty: give at least one target return")
+    if len({target_key(t) for t in targets}) != len(targets):
+        raise EvalUsageError(f"target_returns has duplicates: {targets} (--targets, "
+                             f"eval.target_returns or eval.target_scores): give each once")
+    if not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise EvalUsageError(f"episodes must be a positive int, got {episodes!r}")
+    if n_envs is None:
+        n_envs = DEFAULT_MAX_ENVS
+    if n_envs < 1:
+        raise EvalUsageError(f"n_envs must be >= 1, got {n_envs}")
+    n_envs = int(min(n_envs, episodes))
+    if seed < 0:
+        raise EvalUsageError(f"seed must be >= 0, got {seed}")
+    ref_min, ref_max = spec.ref_min, spec.ref_max
+    if (ref_min is None) != (ref_max is None):
+        raise EvalUsageError("give both ref_min and ref_max, or neither")
+    if ref_min is not None and not ref_max > ref_min:
+        raise EvalUsageError(f"ref_max ({ref_max}) must exceed ref_min ({ref_min})")
+    if not all(math.isfinite(t) for t in targets):
+        raise EvalUsageError(f"target returns must be finite numbers, got {targets}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise EvalUsageError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    load_group(TASKS)  # task packages register their envs on import
+    try:
+        gym.spec(spec.env_id)
+    except gym.error.Error as e:
+        raise EvalUsageError(f"the evaluation env {spec.env_id!r} of {spec.dataset_id} is not "
+                             f"registered ({e}): install the package that provides it, or give "
+                             f"data.task") from None
+    on = _agent_device(agent)
+    with torch.no_grad(), torch.random.fork_rng(devices=[on.index or 0] if on is not None
+                                                 and on.type == "cuda" else []):
+        for target in targets:
+            try:
+                agent.reset(n_envs, target)
+            except ValueError as e:
+                said = str(e) if f"{target:g}" in str(e) else f"target return {target:g}: {e}"
+                raise EvalUsageError(f"{said} (--targets, eval.target_returns)") from None
+    return targets, n_envs, max_episode_steps
+
+
 def evaluate(
     agent: torch.nn.Module,
     spec: EvalSpec,
@@ -149,6 +216,7 @@ def evaluate(
     device: str | torch.device | None = None,
     vectorization_mode: str = "sync",
     progress: bool = False,
+    stop=None,
 ) -> dict:
     """Run ``episodes`` episodes for each target return in ``spec.env_id`` and summarise them.
 
@@ -165,6 +233,11 @@ def evaluate(
         device: if given, the agent is moved there for the evaluation and moved back afterwards.
         vectorization_mode: ``"sync"`` (default) or ``"async"`` (one process per env).
         progress: show a progress bar of finished episodes (tqdm).
+        stop: a callable asked before every env step (e.g. ``lambda: flag.is_set()``); when it
+            returns True the evaluation ends there with :class:`EvaluationStopped` (envs
+            closed, the agent restored). None (default): it always runs to the end.
+
+    The arguments are checked first, by :func:`check_evaluation`.
 
     Returns:
         A JSON-ready dict: ``env_id``, ``dataset_id``, ``seed``, ``n_envs``, ``episodes``,
@@ -175,32 +248,10 @@ def evaluate(
         ``lengths`` (per episode, in episode order). Stds are population stds (ddof=0).
     """
     env_id, ref_min, ref_max = spec.env_id, spec.ref_min, spec.ref_max
-    max_episode_steps = max_episode_steps or spec.max_episode_steps
-    if target_returns is None:
-        target_returns = spec.target_returns
-    if isinstance(target_returns, (int, float, np.integer, np.floating)):
-        target_returns = [target_returns]
-    targets = [float(t) for t in target_returns]
-    if not targets:
-        raise ValueError("target_returns is empty: give at least one target return")
-    if len({target_key(t) for t in targets}) != len(targets):
-        raise ValueError(f"target_returns has duplicates: {targets}")
-    if not isinstance(episodes, (int, np.integer)) or episodes < 1:
-        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    targets, n_envs, max_episode_steps = check_evaluation(
+        agent, spec, episodes=episodes, target_returns=target_returns, n_envs=n_envs, seed=seed,
+        max_episode_steps=max_episode_steps)
     episodes = int(episodes)
-    if n_envs is None:
-        n_envs = DEFAULT_MAX_ENVS
-    if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
-    n_envs = int(min(n_envs, episodes))
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if (ref_min is None) != (ref_max is None):
-        raise ValueError("give both ref_min and ref_max, or neither")
-    if ref_min is not None and not ref_max > ref_min:
-        raise ValueError(f"ref_max ({ref_max}) must exceed ref_min ({ref_min})")
-    if not all(math.isfinite(t) for t in targets):
-        raise ValueError(f"target returns must be finite numbers, got {targets}")
 
     load_group(TASKS)  # task packages set up their envs on import (e.g. MuJoCo's warning log)
     make_kwargs = {}
@@ -232,7 +283,7 @@ def evaluate(
                 with tqdm(total=episodes, desc=f"eval target {target:g}", unit="episode",
                           disable=not progress, leave=False, dynamic_ncols=True) as bar:
                     returns, lengths = _run_target(agent, env, target, episodes, n_envs, seed,
-                                                   max_episode_steps, bar)
+                                                   max_episode_steps, bar, stop)
                 entry = {
                     "target_return": target,
                     "episodes": episodes,

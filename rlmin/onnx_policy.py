@@ -78,6 +78,13 @@ class OnnxPolicy:
         target = np.asarray(target, dtype=np.float32).reshape(-1)
         if target.shape[0] not in (1, n_envs):
             raise ValueError(f"target_return has {target.shape[0]} entries, expected one per env ({n_envs})")
+        # The torch agent's own bound (float32 overflow in its return embedding), saved at export.
+        limit = float(self.metadata.get("max_target_return", np.finfo(np.float32).max))
+        bad = ~(np.abs(target) <= limit)  # NaN and inf fail too
+        if bad.any():
+            raise ValueError(f"target return {float(target[bad][0]):g} overflows this policy's "
+                             f"float32 maths (it embeds target / return_scale): give a target of "
+                             f"at most {limit:.3g} in absolute value")
         self.state = {name: np.zeros((n_envs, *shape), dtype) for name, shape, dtype in self.layout}
         self.state["target"][:] = target
         self.state["rtg"][:] = target

@@ -24,6 +24,7 @@ import torch
 
 from rlmin.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, load_latest
 from rlmin.registry import load_agent_class
+from rlmin.rundir import check_output
 from rlmin.spec import DataSpec, EvalSpec
 
 FORMAT = "rlmin-policy-v2"
@@ -60,24 +61,18 @@ def load_payload(path: str | Path) -> tuple[dict, Path]:
     return payload, path
 
 
-def export_policy(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write a self-contained policy file from a training checkpoint or run dir (atomically)."""
+def export_policy(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a self-contained policy file from a training checkpoint or run dir (atomically).
+    ``out`` is checked first (``rlmin.rundir.check_output``): never a run's own files, and an
+    existing file only with ``overwrite``."""
     out = Path(out)
-    check_output_file(out)
+    check_output(out, overwrite=overwrite, flag="output", source=Path(checkpoint))
     payload, source = load_payload(checkpoint)
     policy = {"format": FORMAT, "agent": payload["agent"], "model": payload["model"],
               "eval_spec": payload["eval_spec"], "dataset": payload.get("dataset"),
               "step": payload.get("step"), "source": str(source)}
     atomic_torch_save(policy, out)
     return out
-
-
-def check_output_file(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be written as a file."""
-    if out.is_dir():
-        raise CheckpointError(f"{out} is a directory: give a file name, e.g. {out / 'policy.pt'}")
-    if not out.parent.exists():
-        raise CheckpointError(f"the folder {out.parent} does not exist: create it first")
 
 
 class Policy:

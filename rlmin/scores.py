@@ -6,6 +6,8 @@ to normalised ones.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,31 @@ def _metadata_of(dataset_metadata: Any) -> Mapping | None:
     raise TypeError(f"cannot read dataset metadata from {type(dataset_metadata).__name__}")
 
 
+REFERENCE_KEYS = ("ref_min_score", "ref_max_score")
+
+
+def checked_references(meta: Mapping, where: str) -> tuple[float, float] | None:
+    """``(ref_min_score, ref_max_score)`` of a dataset's metadata, or None unless it has both.
+    Refused (ValueError naming ``where``, the key and what to write): a value that is not a
+    finite number, or ref_max_score <= ref_min_score, which would break a run's normalised
+    scores only when they are computed (after the work)."""
+    values = {k: meta.get(k) for k in REFERENCE_KEYS}
+    if any(v is None for v in values.values()):
+        return None  # both are needed; half a pair is not used (the task table's are)
+    fix = ("set both to numbers with ref_max_score > ref_min_score, or remove both (the task "
+           "table's references are then used)")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value):
+            raise ValueError(f"{where}: metadata key '{key}' is {value!r}, not a finite number: "
+                             f"{fix}")
+    lo, hi = float(values["ref_min_score"]), float(values["ref_max_score"])
+    if not hi > lo:
+        raise ValueError(f"{where}: metadata keys 'ref_max_score' ({hi:g}) and 'ref_min_score' "
+                         f"({lo:g}) leave no range to normalise in: {fix}")
+    return lo, hi
+
+
 def reference_scores(dataset_metadata: Any = None, task=None) -> ReferenceScores:
     """Reference returns for normalising, with their provenance.
 
@@ -53,10 +80,10 @@ def reference_scores(dataset_metadata: Any = None, task=None) -> ReferenceScores
     """
     meta = _metadata_of(dataset_metadata)
     if meta is not None:
-        lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
-        if lo is not None and hi is not None:
-            name = meta.get("dataset_id", "dataset")
-            return ReferenceScores(float(lo), float(hi), f"dataset metadata ({name})")
+        name = meta.get("dataset_id", "dataset")
+        refs = checked_references(meta, f"dataset {name}")
+        if refs is not None:
+            return ReferenceScores(*refs, f"dataset metadata ({name})")
     if task is not None:
         return ReferenceScores(float(task.ref_min), float(task.ref_max),
                                f"task table ({task.name}): {task.ref_source}")

@@ -7,6 +7,7 @@ the same parameters as an uninterrupted one; tested). Ctrl-C or SIGTERM saves an
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,13 +28,15 @@ from torch import nn
 from rlmin import config as config_lib
 from rlmin.config import TrainConfig
 from rlmin import distributed as dist_lib
-from rlmin.checkpoint import (atomic_write_bytes, capture_rng_state, list_checkpoints,
-                              load_latest, restore_rng_state, save_checkpoint)
+from rlmin.checkpoint import (TRAINING_KEYS, CheckpointError, atomic_write_bytes,
+                              capture_rng_state, list_checkpoints, load_latest, restore_rng_state,
+                              save_checkpoint)
 from rlmin.data.resolve import LoadedDataset, load_dataset_for
-from rlmin.evaluate import evaluate
+from rlmin.evaluate import DEFAULT_MAX_ENVS, EvaluationStopped, check_evaluation, evaluate
 from rlmin.interrupts import GracefulStop, StopRequested
 from rlmin.policy import agent_payload
-from rlmin.rundir import RunDirError, RunLock, check_new, holds_run
+from rlmin.rundir import (NO_CHECKPOINT, RunDirError, RunLock, check_new, check_writable,
+                          holds_run, nothing_to_resume, read_results, unloadable)
 from rlmin.runlog import RunLog
 from rlmin.spec import EvalSpec
 
@@ -167,18 +170,78 @@ def new_run_dir(cfg) -> Path:
     return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-# Keys `--resume RUN key=value` may change: how long and how often, never the model or the data.
+# Keys `--resume RUN key=value` (or an edit of the run's config.yaml) may change: how long and how
+# often, and every evaluation key: never the model or the data.
 RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
-                  "train.keep_checkpoints", "train.progress", "train.num_threads", "eval.episodes",
-                  "eval.n_envs", "eval.raw_weights")
+                  "train.keep_checkpoints", "train.progress", "train.num_threads",
+                  *(f"eval.{f.name}" for f in dataclasses.fields(config_lib.EvalConfig)))
 
 
-def resumed_config(payload: dict, overrides: list[str]) -> config_lib.Config:
+def _flat(tree, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested dict (lists are values)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_edits(run_dir: Path, saved: dict) -> dict:
+    """{key: (checkpoint's value, config.yaml's value)} for every key a hand edit of
+    ``run_dir/config.yaml`` changed against the checkpoint's config (none when the file is
+    missing: the trainer writes it again)."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config_lib.Config), OmegaConf.load(path))
+        edited = OmegaConf.to_container(merged, resolve=True)
+    except Exception as e:  # YAML syntax, an unknown key, a wrong type
+        raise config_lib.ConfigError(
+            f"{path} cannot be read as the run's config ({' '.join(str(e).split())[:300]}): fix "
+            f"it, or delete it (the checkpoint holds the run's config and resume writes it "
+            f"again)") from None
+    was = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(config_lib.Config),
+                                                 OmegaConf.create(saved)), resolve=True)
+    flat_was, flat_now = _flat(was), _flat(edited)
+    return {k: (flat_was.get(k), flat_now.get(k)) for k in sorted(set(flat_was) | set(flat_now))
+            if flat_was.get(k) != flat_now.get(k)}
+
+
+def resumed_config(payload: dict, overrides: list[str], run_dir: Path | None = None,
+                   say=print) -> config_lib.Config:
+    """The checkpoint's config with ``overrides``, and the edits of ``run_dir/config.yaml``:
+    taken (and said) when they touch only RESUMABLE_KEYS, refused (naming them) otherwise, so
+    an edit is never ignored or written away."""
     bad = [o for o in overrides if o.split("=", 1)[0] not in RESUMABLE_KEYS]
     if bad:
         raise config_lib.ConfigError(f"--resume accepts only {', '.join(RESUMABLE_KEYS)}; "
                                      f"{bad[0]!r} would change the run's model or data")
-    return config_lib.from_dict(payload["config"], overrides)
+    saved = payload["config"]
+    edits = config_edits(run_dir, saved) if run_dir is not None else {}
+    fixed = {k: v for k, v in edits.items() if k not in RESUMABLE_KEYS}
+    if fixed:
+        shown = "; ".join(f"{k} is {now!r} there, {was!r} in the checkpoint"
+                          for k, (was, now) in fixed.items())
+        raise config_lib.ConfigError(
+            f"{run_dir / 'config.yaml'} was edited after its checkpoint was saved: {shown}. "
+            f"Resume cannot change {', '.join(fixed)} (the model or data; resume may change "
+            f"only {', '.join(RESUMABLE_KEYS)}): undo the edit, or start a new run from the "
+            f"file with `rlmin train {run_dir / 'config.yaml'} run_dir=NEW_DIR`")
+    if edits:
+        given = {o.split("=", 1)[0] for o in overrides}
+        say("note: taking the edits of " + str(run_dir / "config.yaml") + ": " + ", ".join(
+            f"{k} {was!r} -> {now!r}" + (" (the command line's value wins)" if k in given else "")
+            for k, (was, now) in edits.items()))
+        saved = dict(saved)
+        for key, (_, now) in edits.items():
+            section, name = key.split(".", 1)
+            saved[section] = {**saved[section], name: now}
+    return config_lib.from_dict(saved, overrides)
 
 
 def check_same_data(data: LoadedDataset, payload: dict) -> None:
@@ -205,9 +268,15 @@ def train(cfg=None, resume: str | Path | None = None, overrides: list[str] = ())
     with RunLock(run_dir) if ddp.is_main else nullcontext(), GracefulStop() as stop:
         if resume is None and ddp.is_main and holds_run(run_dir):  # lost a race for the dir
             check_new(run_dir)
+        if resume is not None and not list_checkpoints(run_dir):  # (a live run: the lock said so)
+            raise RunDirError(f"--resume {run_dir}: {nothing_to_resume(run_dir, NO_CHECKPOINT)}")
         payload = load_resume_point(run_dir, ddp) if resume is not None else None
         if payload is not None:
-            cfg = resumed_config(payload, list(overrides))
+            say = (lambda line: print(line, flush=True)) if ddp.is_main else (lambda line: None)
+            cfg = resumed_config(payload, list(overrides), run_dir, say=say)
+            check_resumable(run_dir, payload, cfg)
+        if ddp.is_main:
+            check_writable(run_dir)  # the first save must not fail after the work
         result = _train(cfg, run_dir, payload, ddp, stop)
     ddp.cleanup()
     return result
@@ -216,14 +285,35 @@ def train(cfg=None, resume: str | Path | None = None, overrides: list[str] = ())
 def load_resume_point(run_dir: Path, ddp) -> dict:
     with warnings.catch_warnings():  # said below, once, in one line
         warnings.simplefilter("ignore", RuntimeWarning)
-        payload, ckpt_path = load_latest(run_dir)
+        try:
+            payload, ckpt_path = load_latest(run_dir, required=TRAINING_KEYS)
+        except CheckpointError as e:  # none loads: a damaged run (exit 1)
+            raise CheckpointError(f"--resume {run_dir}: "
+                                  f"{nothing_to_resume(run_dir, unloadable(e))}") from None
     if ddp.is_main:
         skipped = [p.name for p in list_checkpoints(run_dir) if _ckpt_step(p) > payload["step"]]
         if skipped:
             print(f"warning: newer checkpoint(s) {', '.join(skipped)} could not be loaded "
-                  f"(truncated or corrupt); falling back to {ckpt_path.name}", flush=True)
+                  f"(truncated or corrupt, or not a training checkpoint); falling back to "
+                  f"{ckpt_path.name}", flush=True)
         print(f"resuming {run_dir} from {ckpt_path.name} (step {payload['step']})", flush=True)
     return payload
+
+
+def check_resumable(run_dir: Path, payload: dict, cfg) -> None:
+    """A resume that has something to do: the run is not finished (a readable results.json of
+    the checkpoint's step, nothing left to train), and train.steps does not go back."""
+    step = payload["step"]
+    if cfg.train.steps < step:
+        raise config_lib.ConfigError(
+            f"train.steps={cfg.train.steps} is below the step of the run's checkpoint ({step}): "
+            f"a resumed run cannot go back; give train.steps={step} or more")
+    results, _ = read_results(run_dir)
+    if step >= cfg.train.steps and results is not None and results.get("step") == step:
+        raise RunDirError(
+            f"the run in {run_dir} is finished (step {step}, results.json): nothing to resume. "
+            f"Train it longer with `rlmin train --resume {run_dir} train.steps=N` (N > {step}), "
+            f"or evaluate it otherwise with `rlmin eval {run_dir}`")
 
 
 def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) -> TrainResult:
@@ -239,6 +329,7 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
     if payload is not None:
         check_same_data(data, payload)
     data.eval_spec = eval_targets(data.eval_spec, cfg.eval)
+    check_seq_len(cfg, data)
     batch_size = batch_size_for(cfg, data)
     if batch_size % ddp.world_size:
         raise config_lib.ConfigError(
@@ -277,6 +368,13 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
         loss_fn = torch.compile(loss_fn)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.train.amp else nullcontext())
+    # Before anything is written or trained: what the final evaluation will use (its settings,
+    # the data's references and env, the targets through the agent's own reset) and the memory
+    # of a training step, so a bad value fails now, not after the work.
+    if ddp.is_main:
+        check_final_evaluation(agent, data, cfg)
+    check_memory(agent, sampler, per_rank, device, autocast, ranks=ddp.world_size,
+                 envs=eval_envs(cfg) if ddp.is_main else 0)
     log = RunLog(run_dir, cfg, step) if ddp.is_main else None
     if log:
         log.start(data, agent, device, resumed=payload is not None)
@@ -289,8 +387,10 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
         return averager.agent if averager is not None else agent
 
     def evaluation():
-        res = run_evaluation(acting_agent(), data, cfg, device)
-        raw = (run_evaluation(agent, data, cfg, device)
+        """The evaluation at ``step``: (results, raw weights' results, history entry). The stop
+        flag (Ctrl-C, SIGTERM) ends it between two env steps: EvaluationStopped."""
+        res = run_evaluation(acting_agent(), data, cfg, device, stop=lambda: stop.requested)
+        raw = (run_evaluation(agent, data, cfg, device, stop=lambda: stop.requested)
                if averager is not None and cfg.eval.raw_weights else None)
         return res, raw, log.evaluation(step, res, raw)
 
@@ -342,7 +442,10 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 log.step(step, loss_value, metrics, grad_norm, scheduler.get_last_lr()[0])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 if ddp.is_main:
-                    history.append(evaluation()[2])
+                    try:
+                        history.append(evaluation()[2])
+                    except EvaluationStopped:  # the next step sees the flag, saves and stops
+                        log.say(f"evaluation at step {step} stopped by a signal (not recorded)")
                 ddp.barrier()
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopping:
                 save()
@@ -350,12 +453,29 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
                 raise StopRequested(f"stopped at step {step} and saved a checkpoint; continue "
                                     f"with: rlmin train --resume {run_dir}", stop.exit_code)
         results = {}
-        if ddp.is_main:
-            res, raw, entry = evaluation()
+        if ddp.is_main:  # the last step's checkpoint is saved (above): a stop here keeps it
+            try:
+                res, raw, entry = evaluation()
+            except EvaluationStopped:
+                raise StopRequested(
+                    f"stopped during the final evaluation; the checkpoint of step {step} is "
+                    f"saved. Evaluate it with `rlmin eval {run_dir}`, or finish the run (only "
+                    f"the final evaluation, then results.json) with `rlmin train --resume "
+                    f"{run_dir}`", stop.exit_code) from None
             history.append(entry)
             results = build_results(cfg, data, step, res, history, raw=raw, agent=agent,
                                     timesteps_seen=seen, commands=commands)
             write_results(run_dir / "results.json", results)
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        said = " ".join(str(e).split())[:160] or type(e).__name__
+        if step >= cfg.train.steps:  # the final evaluation: its checkpoint is saved
+            raise TrainingError(f"out of memory in the final evaluation ({said}): finish the run "
+                                f"with fewer envs, `rlmin train --resume {run_dir} "
+                                f"eval.n_envs=N`") from None
+        raise TrainingError(f"out of memory at step {step + 1} ({said}): start a new run with a "
+                            f"smaller step: lower {MEMORY_KEYS}") from None
     finally:
         if log:
             log.close()  # flushes what was logged, also when training stopped on an error
@@ -371,15 +491,161 @@ def nonfinite(what: str, step: int, run_dir: Path) -> TrainingError:
                          f"and check the dataset for extreme values.")
 
 
-def run_evaluation(agent, data: LoadedDataset, cfg, device) -> dict:
-    """Evaluate every target return in the configured acting mode; the agent's mode is restored."""
+def run_evaluation(agent, data: LoadedDataset, cfg, device, stop=None) -> dict:
+    """Evaluate every target return in the configured acting mode; the agent's mode is restored.
+    ``stop``: ends it between env steps when it returns True (``evaluate``'s)."""
     with agent.acting(cfg.eval.mode):
         res = evaluate(agent, data.eval_spec,  # its targets: eval_targets(), set when data loaded
                        episodes=cfg.eval.episodes, n_envs=cfg.eval.n_envs or None,
                        seed=cfg.eval.seed, max_episode_steps=cfg.eval.max_episode_steps or None,
-                       device=str(device), progress=cfg.train.progress)
+                       device=str(device), progress=cfg.train.progress, stop=stop)
         res["agent"] = agent.describe()
     return res
+
+
+def check_final_evaluation(agent, data: LoadedDataset, cfg) -> None:
+    """The evaluation's own checks (``rlmin.evaluate.check_evaluation``) on the run's eval keys,
+    before the first step; a problem is a ConfigError naming the keys."""
+    try:
+        with agent.acting(cfg.eval.mode):
+            check_evaluation(agent, data.eval_spec, episodes=cfg.eval.episodes,
+                             n_envs=cfg.eval.n_envs or None, seed=cfg.eval.seed,
+                             max_episode_steps=cfg.eval.max_episode_steps or None)
+    except ValueError as e:  # EvalUsageError, or an agent's own refusal
+        raise config_lib.ConfigError(f"the final evaluation would fail: {e} (the eval.* keys; "
+                                     f"checked before the first step)") from None
+
+
+def check_seq_len(cfg, data: LoadedDataset) -> None:
+    """``data.seq_len`` at most the longest episode an agent meets (the data's longest, or the
+    task's time limit): longer rows are padding only, and every batch pays for all of it."""
+    longest = data.agent_spec(1).max_episode_steps
+    if cfg.data.seq_len > longest:
+        raise config_lib.ConfigError(
+            f"config key 'data.seq_len' is {cfg.data.seq_len}, but no episode of "
+            f"{data.eval_spec.dataset_id} (or of its task's time limit) is longer than {longest} "
+            f"steps: every row would be padded to {cfg.data.seq_len} steps; give data.seq_len "
+            f"<= {longest}")
+
+
+# ============================================================================ memory
+#: The keys that size a training step (said when a step would not fit, or did not).
+MEMORY_KEYS = ("data.seq_len or train.batch_size (train.batch_timesteps), or the agent's size "
+               "(e.g. agent.d_model, agent.n_layers)")
+#: Peak memory of a training step (forward, backward, AdamW step) over :func:`step_memory`'s
+#: estimate without it. Measured once (2026-12-02, torch 2.13 CPU, one thread, glibc heap kept
+#: as rlmin.cpu sets it): in a fresh process per agent, the growth of the peak resident set
+#: (VmHWM after /proc/self/clear_refs) over one first training step, against the estimate, at
+#: d_model 128, 3 layers: minGRU whole episodes (8 x 1000 steps) 1.27, minLSTM 1.24, stacked
+#: minGRU 1.32, nn.GRU 1.63, nn.LSTM 0.85, minGRU segments (2048 x 20) 1.26, the transformer
+#: 1.27 (16 x 200) and 1.58 (512 x 20), BC [256, 256] (64 x 1000) 1.48. The largest, rounded up.
+MEMORY_FACTOR = 2.0
+_PROBE_STEPS = (8, 16)
+#: Memory of one evaluation env: a Hopper-v5 in a sync vector env of 200 took 1.07 MB of
+#: resident memory each (measured once, 2026-12-02); twice that, for the other MuJoCo tasks.
+ENV_BYTES = 2 << 20
+
+
+def eval_envs(cfg) -> int:
+    """The envs an evaluation of ``cfg`` steps at once (``evaluate``'s n_envs rule)."""
+    return min(cfg.eval.n_envs or DEFAULT_MAX_ENVS, cfg.eval.episodes)
+
+
+def step_memory(agent, sampler, rows: int, device, autocast=nullcontext()) -> int:
+    """Estimated bytes of one training step on ``rows`` rows of ``sampler.seq_len`` steps.
+
+    Generic, measured: the bytes autograd keeps for the backward (storages of the saved
+    tensors, the parameters left out) of the agent's loss on two short probe batches of 8 and 16
+    steps, per row and step, fitted as ``a + b * L`` per step (``b``: attention keeps L² per row)
+    and extrapolated to the sampler's length, plus the batch itself, times
+    :data:`MEMORY_FACTOR`. In the formula's terms: batch × seq_len × (tokens × d_model × layers ×
+    what each keeps, measured here) × the factor. The probe changes nothing training sees: it
+    runs under ``torch.random.fork_rng``, computes no gradients and restores the sampler's
+    state."""
+    state = sampler.get_state()
+    try:
+        full = sampler.sample(2)
+    finally:
+        sampler.set_state(state)
+    length = sampler.seq_len
+    fixed = {t.untyped_storage().data_ptr() for t in (*agent.parameters(), *agent.buffers())}
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    per_step = []
+    lengths = sorted({min(n, length) for n in _PROBE_STEPS})
+    for n in lengths:
+        batch = to_device({k: v[:, :n] for k, v in full.items()}, device)
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in fixed:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.random.fork_rng(devices=cuda), autocast, \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = agent.loss(batch)
+        del loss
+        inputs = sum(v.nbytes for v in full.values()) / full["mask"].shape[1]  # per row-step
+        per_step.append(sum(kept.values()) / (2 * n) + inputs / 2)
+    slope = (max(0.0, (per_step[1] - per_step[0]) / (lengths[1] - lengths[0]))
+             if len(lengths) == 2 else 0.0)
+    base = max(0.0, per_step[0] - slope * lengths[0])
+    return int(rows * length * (base + slope * length) * MEMORY_FACTOR)
+
+
+def free_memory(device) -> int | None:
+    """Bytes this process may still allocate on ``device``: CUDA's free memory; on a CPU the
+    kernel's MemAvailable, capped by a cgroup (container) limit. None where neither is known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap.isdigit() and int(cap) < 1 << 60:
+                found.append(int(cap) - int(Path(usage).read_text().strip()))
+                break
+        except OSError:
+            continue
+    return min(found) if found else None
+
+
+def check_memory(agent, sampler, rows: int, device, autocast=nullcontext(), ranks: int = 1,
+                 envs: int = 0) -> None:
+    """Refuse, before the first step, a run that would not fit in memory: a training step (see
+    :func:`step_memory`; on a CPU every process of the run shares the machine's memory) and,
+    on the machine's memory, the ``envs`` evaluation envs (:data:`ENV_BYTES` each)."""
+    step = step_memory(agent, sampler, rows, device, autocast) * (ranks if device.type == "cpu" else 1)
+    free = free_memory(device)
+    if free is not None and step > free:
+        raise config_lib.ConfigError(
+            f"a training step needs about {step / 2**30:.1f} GiB ({rows} rows of "
+            f"data.seq_len={sampler.seq_len} steps"
+            + (f", {ranks} processes" if ranks > 1 and device.type == "cpu" else "")
+            + f"), but {free / 2**30:.1f} GiB are free on {device}: lower {MEMORY_KEYS}")
+    host = free_memory(torch.device("cpu"))
+    need = envs * ENV_BYTES + (step if device.type == "cpu" else 0)
+    if host is not None and envs and need > host:
+        raise config_lib.ConfigError(
+            f"the evaluation's {envs} envs (eval.n_envs, at most eval.episodes) need about "
+            f"{envs * ENV_BYTES / 2**30:.1f} GiB beside the training step, but "
+            f"{host / 2**30:.1f} GiB are free: lower eval.n_envs (0: 16 envs)")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A failed allocation (torch's CPU or CUDA allocator, or Python's)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or any(
+        s in text for s in ("not enough memory", "DefaultCPUAllocator", "out of memory"))
 
 
 class LossForward(nn.Module):

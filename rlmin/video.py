@@ -62,13 +62,26 @@ def _overlay(frame: np.ndarray, text: str) -> np.ndarray:
 def _make_env(env_id: str, width: int, height: int, max_episode_steps: int | None):
     import gymnasium as gym
 
+    kw = dict(render_mode="rgb_array", width=width, height=height,
+              max_episode_steps=max_episode_steps)
     try:
-        env = gym.make(env_id, render_mode="rgb_array", width=width, height=height,
-                       max_episode_steps=max_episode_steps)
+        env = gym.make(env_id, **kw)
+        if _has_camera(env, "track"):  # the locomotion models' camera that follows the body
+            env.close()
+            env = gym.make(env_id, camera_name="track", **kw)
     except Exception as e:  # MuJoCo's import or GL setup: its own words, then the fix
         raise VideoError(f"MuJoCo cannot render offscreen here ({' '.join(str(e).split())[:160]}): "
                          f"{RENDER_HINT}") from None
     return env
+
+
+def _has_camera(env, name: str) -> bool:
+    model = getattr(env.unwrapped, "model", None)
+    if model is None:
+        return False
+    import mujoco
+
+    return mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name) >= 0
 
 
 def record_episode(agent, spec, out: str | Path, *, target_return: float, seed: int,

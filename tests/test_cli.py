@@ -158,8 +158,9 @@ def test_eval_default_output_is_next_to_the_checkpoint(trained, tmp_path, capsys
     run, ckpt = trained
     assert cli.main(["eval", str(ckpt), "--episodes", "1", "--targets", "50",
                      "--max-episode-steps", "5", "--seed", "7"]) == 0
-    # one file per setting: mode, seed and episodes are in its name
-    out = ckpt.parent / f"{ckpt.stem}.default.seed7.ep1.eval.json"
+    # one file per setting: mode, seed and episodes are in its name; in the run dir's eval/, as
+    # nothing but the trainer writes in checkpoints/
+    out = run / "eval" / f"{ckpt.stem}.default.seed7.ep1.eval.json"
     try:
         res = json.loads(out.read_text())
         assert list(res["targets"]) == ["50"]

@@ -315,3 +315,77 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, tiny_config):
     assert (run / "results.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.log", "run"], \
         "a run writes nothing into its working directory (e.g. MUJOCO_LOG.TXT)"
+
+
+# ----------------------------------------------------------------------------- signals in evaluations
+# Evaluations long enough that running them out would take minutes: 20,000 one-env episodes.
+LONG_EVAL = ("eval.episodes=20000", "eval.n_envs=1")
+
+
+def _stop_within(proc: subprocess.Popen, sig, seconds: float) -> tuple[str, float]:
+    """Send ``sig``; returns (stderr, seconds until the process ended). Killed on failure."""
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"still running {seconds} s after {sig!r}: the evaluation ignored it\n{err}")
+    return err, time.monotonic() - started
+
+
+def test_sigterm_in_the_final_evaluation_stops_it_keeps_the_checkpoint_and_resume_finishes(
+        tmp_path, tiny_config):
+    run = tmp_path / "run"
+    config = tiny_config.yaml(tmp_path / "tiny.yaml", "train.steps=6", "train.checkpoint_every=3")
+    proc = start_training([str(config), f"run_dir={run}", *LONG_EVAL], tmp_path,
+                          tmp_path / "first.log")
+    last = run / "checkpoints" / "step_00000006.pt"
+    try:
+        wait_for(proc, lambda: last.exists() and 6 in train_rows(run), "the last checkpoint",
+                 tmp_path / "first.log")
+        time.sleep(1.0)  # well into the final evaluation (minutes long)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    saved = last.read_bytes()
+    err, took = _stop_within(proc, signal.SIGTERM, 30)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert "Traceback" not in err and "final evaluation" in err, err
+    assert f"rlmin eval {run}" in err and f"rlmin train --resume {run}" in err, err
+    assert last.read_bytes() == saved and not (run / "results.json").exists()
+
+    # Resume: no training step and no new checkpoint, only the final evaluation and results.json
+    # (an evaluation key may change on resume: one short episode here).
+    resumed = subprocess.run([sys.executable, "-m", "rlmin.cli", "train", "--resume", str(run),
+                              "eval.episodes=1", "eval.n_envs=0"], cwd=tmp_path,
+                             capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003.pt", "step_00000006.pt"]
+    assert last.read_bytes() == saved, "resuming at the last step rewrote its checkpoint"
+    assert train_rows(run) == list(range(1, 7)), "resuming at the last step trained"
+    import json
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 6 and results["last_iterate"]["episodes"] == 1
+
+
+def test_ctrl_c_in_a_periodic_evaluation_stops_it_and_saves(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    proc = start_training([str(tiny_config.yaml(tmp_path / "tiny.yaml")), f"run_dir={run}",
+                           *LONG, "train.eval_every=2", *LONG_EVAL], tmp_path,
+                          tmp_path / "first.log")
+    try:
+        wait_for(proc, lambda: 2 in train_rows(run), "the evaluation at step 2",
+                 tmp_path / "first.log")
+        time.sleep(1.0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    err, took = _stop_within(proc, signal.SIGINT, 30)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and f"rlmin train --resume {run}" in err, err
+    (ckpt,) = list_checkpoints(run)
+    assert load_checkpoint(ckpt)["step"] == 3, "the step after the stopped evaluation, saved"

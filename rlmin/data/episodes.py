@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -279,15 +280,29 @@ def from_minari(dataset, env_id: str | None = None, std_floor: float = STD_FLOOR
             yield {"id": ep.id, "observations": obs, "actions": act, "rewards": ep.rewards,
                    "terminations": ep.terminations, "truncations": ep.truncations}
 
+    # Metadata the run uses, checked now (naming the file and key), not when a score is computed.
+    from rlmin.scores import checked_references
+
+    meta_file = Path(dataset.spec.data_path) / "metadata.json"
+    try:
+        checked_references(meta, f"{dataset_id} ({meta_file})")
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    eval_env_id = None
+    if isinstance(meta.get("eval_env_spec"), str):
+        try:
+            eval_env_id = json.loads(meta["eval_env_spec"]).get("id")
+        except (ValueError, AttributeError):
+            raise DataError(f"{dataset_id} ({meta_file}): metadata key 'eval_env_spec' is not a "
+                            f"JSON env spec: fix it or remove the key") from None
     keep = {k: meta[k] for k in ("ref_min_score", "ref_max_score", "combined_datasets",
                                  "description", "algorithm_name", BEHAVIOUR_RETURN_KEY)
             if k in meta}
-    eval_spec = meta.get("eval_env_spec")
     metadata = {
         "dataset_id": dataset_id,
         "env_id": env_id or (spec.id if spec is not None else None),
         "env_spec": spec.to_json() if spec is not None else None,
-        "eval_env_id": json.loads(eval_spec).get("id") if isinstance(eval_spec, str) else None,
+        "eval_env_id": eval_env_id,
         "ref_min_score": None, "ref_max_score": None,
         **keep,
     }

@@ -43,6 +43,10 @@ class IncompleteDatasetError(DatasetNotFoundError):
     """A dataset folder is on disk but does not open (an interrupted build or copy)."""
 
 
+class BadDatasetError(ValueError):
+    """A dataset on disk whose metadata cannot be read (a malformed key); the message names the file."""
+
+
 class BuildLockedError(RuntimeError):
     """Another process is building the same dataset right now."""
 
@@ -156,7 +160,7 @@ def load_minari(dataset_id_or_path, download: bool = False):
         if data_path is None:
             raise DatasetNotFoundError(f"{path} is not a Minari dataset directory "
                                        f"(no metadata.json in it or in {path / 'data'})")
-        return minari.MinariDataset(data_path)
+        return _open(data_path)
 
     dataset_id = check_dataset_id(text)
     status = dataset_status(dataset_id)
@@ -180,7 +184,21 @@ def load_minari(dataset_id_or_path, download: bool = False):
         if data_path is None:
             raise DatasetNotFoundError(f"downloaded {dataset_id} but found no data in "
                                        f"{dataset_dir(dataset_id)}")
-    return minari.MinariDataset(data_path)
+    return _open(data_path)
+
+
+def _open(data_path: Path):
+    """``minari.MinariDataset(data_path)``; metadata it cannot parse (a malformed env_spec or
+    eval_env_spec, say) is one error naming the file, not a JSON traceback."""
+    import minari
+
+    try:
+        return minari.MinariDataset(data_path)
+    except Exception as exc:  # noqa: BLE001 (Minari parses metadata.json with json/gymnasium)
+        raise BadDatasetError(
+            f"{Path(data_path) / 'metadata.json'} cannot be read by Minari ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}): a key it parses (env_spec, eval_env_spec, ...) "
+            f"is malformed; fix the file or rebuild the dataset") from exc
 
 
 # ------------------------------------------------------------------------- writing helpers
@@ -480,12 +498,18 @@ def describe_dataset(dataset) -> dict:
     behaviour = meta.get(BEHAVIOUR_RETURN_KEY)
     if behaviour is None and len(returns):
         behaviour = float(returns.mean())
+    from rlmin.scores import checked_references
+
     lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
-    normalised = None
-    if behaviour is not None and lo is not None and hi is not None and hi > lo:
-        normalised = 100.0 * (behaviour - lo) / (hi - lo)
+    status, normalised = "complete", None
+    try:
+        refs = checked_references(meta, str(Path(dataset.spec.data_path) / "metadata.json"))
+    except ValueError as e:  # listed, and marked: a run on it refuses it with the same words
+        status, refs = f"bad metadata: {e}", None
+    if behaviour is not None and refs is not None and isinstance(behaviour, (int, float)):
+        normalised = 100.0 * (behaviour - refs[0]) / (refs[1] - refs[0])
     spec = dataset.spec.env_spec
-    return {"id": meta["dataset_id"], "status": "complete",
+    return {"id": meta["dataset_id"], "status": status,
             "env_id": spec.id if spec is not None else None,
             "steps": int(dataset.total_steps), "episodes": int(dataset.total_episodes),
             "behaviour_return": behaviour,

@@ -11,6 +11,8 @@ a caller resets rows with ``torch.where(mask[:, None, None], fresh, old)`` (or
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -55,14 +57,22 @@ class RNNBackbone(nn.Module):
                              f"as made by initial_state")
         hx = None if state is None else tuple(s.transpose(0, 1).contiguous() for s in state)
         hx = hx if hx is None or self.cell == "lstm" else hx[0]
-        if lengths is None:
-            y, hn = self.rnn(x, hx)
-        else:
-            check_lengths(lengths, *x.shape[:2])
-            packed = nn.utils.rnn.pack_padded_sequence(  # rows of length 0 get their start state below
-                x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-            y, hn = self.rnn(packed, hx)
-            y = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
+        # On CPU the recurrence runs in float32 under autocast: oneDNN has no bf16 LSTM primitive
+        # on CPUs without native bf16 (AVX2 only: "could not create a primitive descriptor").
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False) if cpu_autocast else contextlib.nullcontext():
+            if cpu_autocast:
+                x = x.float()
+                hx = None if hx is None else (tuple(h.float() for h in hx)
+                                              if isinstance(hx, tuple) else hx.float())
+            if lengths is None:
+                y, hn = self.rnn(x, hx)
+            else:
+                check_lengths(lengths, *x.shape[:2])
+                packed = nn.utils.rnn.pack_padded_sequence(  # rows of length 0 get their start state below
+                    x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+                y, hn = self.rnn(packed, hx)
+                y = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
         hn = tuple(h.transpose(0, 1) for h in (hn if self.cell == "lstm" else (hn,)))
         if lengths is not None:
             start = self.initial_state(x.shape[0], x.device) if state is None else tuple(state)
