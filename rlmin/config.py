@@ -66,6 +66,9 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast on CUDA (ignored on CPU).
     amp: bool = True
+    # bf16 autocast on CPU (the scans stay float32). Pays only on CPUs with native bf16
+    # (AVX-512 BF16, AMX); on an AVX2-only CPU a step ran 16x slower (docs/RESULTS.md).
+    cpu_amp: bool = False
     compile: bool = False
     # Threads for CPU math; 0 leaves torch's default.
     num_threads: int = 0

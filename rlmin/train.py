@@ -367,7 +367,9 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
     if cfg.train.compile:
         loss_fn = torch.compile(loss_fn)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and cfg.train.amp else nullcontext())
+                if device.type == "cuda" and cfg.train.amp else
+                torch.autocast("cpu", dtype=torch.bfloat16)
+                if device.type == "cpu" and cfg.train.cpu_amp else nullcontext())
     # Before anything is written or trained: what the final evaluation will use (its settings,
     # the data's references and env, the targets through the agent's own reset) and the memory
     # of a training step, so a bad value fails now, not after the work.

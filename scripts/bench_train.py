@@ -70,8 +70,13 @@ def run_case(spec: dict) -> dict:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    # bf16: the trainer's autocast (train.amp on CUDA, train.cpu_amp on CPU) around the loss
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=spec.get("precision") == "bf16")
+
     def one_step():  # what `rlmin train` runs per step (rlmin.train.optimizer_step)
-        loss, _ = agent.loss(batch)
+        with autocast:
+            loss, _ = agent.loss(batch)
         optimizer_step(agent, loss, opt, sched, cfg.train.grad_clip)
 
     for _ in range(spec["warmup"]):
@@ -126,6 +131,9 @@ def main(argv=None) -> dict:
                     help="seconds before a case is reported as skipped")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 s / 2 steps per case, episode batch 8, 180 s case timeout")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="fp32 and/or bf16 (autocast, as train.cpu_amp / train.amp)")
+    ap.add_argument("--cases", default="segment,episode", help="segment and/or episode")
     ap.add_argument("--out", default="runs/bench/train.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -148,40 +156,56 @@ def main(argv=None) -> dict:
     print(f"parameter match (whole agent, K={args.k}) to {REFERENCE[0]} d_model={REFERENCE[1]}: "
           + ", ".join(f"{b} d={widths[b][0]} {widths[b][1]:,}" for b in backbones))
 
-    cases = [("segment", args.k, args.k_batch), ("episode", args.episode_len, args.episode_batch)]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        ap.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
+    every = {"segment": ("segment", args.k, args.k_batch),
+             "episode": ("episode", args.episode_len, args.episode_batch)}
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not names or set(names) - set(every):
+        ap.error(f"--cases takes segment and/or episode, got {args.cases!r}")
+    cases = [every[c] for c in names]
     rows = []
     for mode, length, batch in cases:
-        for bb in backbones:
-            spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
-                    "batch": batch, "threads": args.threads, "device": args.device,
-                    "seconds": args.seconds, "min_steps": args.min_steps, "warmup": args.warmup}
-            row = run_case_isolated(spec, args.case_timeout)
-            rows.append(row)
-            status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
-                      else row["status"])
-            print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {bb:12s} {status}", flush=True)
+        for precision in precisions:
+            for bb in backbones:
+                spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
+                        "batch": batch, "threads": args.threads, "device": args.device,
+                        "precision": precision, "seconds": args.seconds,
+                        "min_steps": args.min_steps, "warmup": args.warmup}
+                row = run_case_isolated(spec, args.case_timeout)
+                rows.append(row)
+                status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
+                          else row["status"])
+                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {precision} {bb:12s} {status}",
+                      flush=True)
 
-    # ratios to the transformer, side by side in this run
-    for mode, _, _ in cases:
-        ref = next((r for r in rows if r["mode"] == mode and r["backbone"] == "transformer"
-                    and r["status"] == "ok"), None)
-        for r in rows:
-            if r["mode"] == mode and r["status"] == "ok" and ref:
-                r["speed_vs_transformer"] = r["steps_per_s"] / ref["steps_per_s"]
+    # ratios side by side in this run: to the transformer, and bf16 to fp32
+    for r in rows:
+        same = [o for o in rows if o["mode"] == r["mode"] and o["status"] == "ok"]
+        ref = next((o for o in same if o["backbone"] == "transformer"
+                    and o["precision"] == r["precision"]), None)
+        fp32 = next((o for o in same if o["backbone"] == r["backbone"]
+                     and o["precision"] == "fp32"), None)
+        if r["status"] == "ok" and ref:
+            r["speed_vs_transformer"] = r["steps_per_s"] / ref["steps_per_s"]
+        if r["status"] == "ok" and fp32:
+            r["speed_vs_fp32"] = r["steps_per_s"] / fp32["steps_per_s"]
 
-    print("\n| case | backbone | d_model | params | steps/s | sequences/s | timesteps/s "
-          "| ms/step | CPU ms/step | peak RSS MB | x transformer |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| case | precision | backbone | d_model | params | steps/s | sequences/s | timesteps/s "
+          "| ms/step | CPU ms/step | peak RSS MB | x transformer | x fp32 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         case = f"{r['mode']} L={r['length']} B={r['batch']}"
         if r["status"] != "ok":
-            print(f"| {case} | {r['backbone']} | {r['d_model']} | - | {r['status']} | | | | | | |")
+            print(f"| {case} | {r['precision']} | {r['backbone']} | {r['d_model']} | - | "
+                  f"{r['status']} | | | | | | | |")
             continue
-        ratio = r.get("speed_vs_transformer")
-        print(f"| {case} | {r['backbone']} | {r['d_model']} | {r['params']:,} | "
+        ratio, vs32 = r.get("speed_vs_transformer"), r.get("speed_vs_fp32")
+        print(f"| {case} | {r['precision']} | {r['backbone']} | {r['d_model']} | {r['params']:,} | "
               f"{r['steps_per_s']:.2f} | {r['sequences_per_s']:.1f} | {r['timesteps_per_s']:,.0f} | "
               f"{r['ms_per_step']:.0f} | {r['cpu_ms_per_step']:.0f} | {r['peak_rss_mb'] or float('nan'):.0f} | "
-              + (f"{ratio:.2f}" if ratio else "-") + " |")
+              + (f"{ratio:.2f}" if ratio else "-") + " | " + (f"{vs32:.2f}" if vs32 else "-") + " |")
 
     result = {"benchmark": "train", "machine": info, "threads": args.threads,
               "device": args.device, "quick": args.quick, "configs": "configs/protocols/dt.yaml + configs/backbones/<name>.yaml",

@@ -190,3 +190,19 @@ def test_a_run_records_its_command_commit_data_size_and_timesteps(tmp_path, tiny
     cfg = results["config"]
     full = 12 * cfg["train"]["batch_size"] * cfg["data"]["seq_len"]
     assert 0.5 * full < results["timesteps_seen"] <= full
+
+
+def test_cpu_bf16_autocast_trains_and_keeps_float32_weights(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    result = train(_tiny(tiny_config, run, "train.cpu_amp=true"))
+    assert math.isfinite(result.results["last_iterate"]["targets"]["100"]["return_mean"])
+    payload = load_checkpoint(list_checkpoints(run)[-1])
+    assert all(t.dtype in (torch.float32, torch.long, torch.bool) for t in payload["model"].values())
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    plain = tmp_path / "plain"
+    train(_tiny(tiny_config, plain))
+    losses32 = [json.loads(line)["loss"] for line in (plain / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["kind"] == "train"]
+    assert losses != losses32, "train.cpu_amp=true changed nothing: autocast was not applied"
+    assert losses == pytest.approx(losses32, rel=0.05), "bf16 should stay near float32 here"
