@@ -732,7 +732,7 @@ def build_results(cfg, data: LoadedDataset, step: int, res: dict, history: list,
                        "commands": list(commands), "commit": commit, "dirty": dirty,
                        "data_fingerprint": data.fingerprint},
         "config": config_lib.to_dict(cfg),
-        "code": code_version(),
+        "code": commit and commit[:7] + ("+dirty" if dirty else ""),  # the older short form
     }
     if raw is not None:
         out["last_iterate_raw"] = raw
@@ -769,12 +769,6 @@ def code_commit() -> tuple[str | None, bool | None]:
     dirty = _git("status", "--porcelain", "--untracked-files=no", "--",
                  "rlmin", "agents", "envs", "configs")
     return commit, bool(dirty) if dirty is not None else None
-
-
-def code_version() -> str | None:
-    """The short commit (``+dirty`` with uncommitted changes): the form older results carry."""
-    commit, dirty = code_commit()
-    return commit and commit[:7] + ("+dirty" if dirty else "")
 
 
 def write_results(path: Path, results: dict) -> None:

@@ -31,8 +31,12 @@ def choose_gl_backend() -> None:
     except ImportError:
         pass  # an older MuJoCo: gymnasium's renderer will say it
     except Exception as e:
-        raise VideoError(f"MuJoCo cannot render offscreen here ({' '.join(str(e).split())[:160]}): "
-                         f"{RENDER_HINT}") from None
+        raise _cannot_render(e) from None
+
+
+def _cannot_render(e: BaseException) -> VideoError:
+    return VideoError(f"MuJoCo cannot render offscreen here ({' '.join(str(e).split())[:160]}): "
+                      f"{RENDER_HINT}")
 
 
 def check_video_path(out: Path) -> None:
@@ -70,8 +74,7 @@ def _make_env(env_id: str, width: int, height: int, max_episode_steps: int | Non
             env.close()
             env = gym.make(env_id, camera_name="track", **kw)
     except Exception as e:  # MuJoCo's import or GL setup: its own words, then the fix
-        raise VideoError(f"MuJoCo cannot render offscreen here ({' '.join(str(e).split())[:160]}): "
-                         f"{RENDER_HINT}") from None
+        raise _cannot_render(e) from None
     return env
 
 
@@ -102,8 +105,7 @@ def record_episode(agent, spec, out: str | Path, *, target_return: float, seed: 
         try:
             first = env.render()
         except Exception as e:
-            raise VideoError(f"MuJoCo cannot render offscreen here ({' '.join(str(e).split())[:160]}): "
-                             f"{RENDER_HINT}") from None
+            raise _cannot_render(e) from None
         kw = {"fps": fps, "macro_block_size": 8} if out.suffix.lower() == ".mp4" else \
              {"duration": 1000.0 / fps, "loop": 0}
         with imageio.get_writer(tmp, **kw) as writer:
