@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from rlmin.agent import Agent, Batch, State
+from rlmin.checks import positive_int, probability
 from rlmin.nn import reset_rows
 from rlmin.spec import DataSpec
 
@@ -42,12 +43,8 @@ class BCAgent(Agent):
                     for h in self.hidden):
                 raise ValueError(f"hidden must be a list of positive ints, got {self.hidden!r}")
             self.hidden = [int(h) for h in self.hidden]
-            if isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-                raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-            if isinstance(self.context, bool) or not isinstance(self.context, (int, np.integer)) \
-                    or self.context < 1:
-                raise ValueError(f"context must be a positive int, got {self.context!r}")
-            self.context = int(self.context)
+            probability("dropout", self.dropout)
+            self.context = positive_int("context", self.context)
 
     def __init__(self, spec: DataSpec, options: "BCAgent.Options | None" = None):
         super().__init__(spec, options)

@@ -13,7 +13,8 @@ says what the data gives it, ``options`` is its own dataclass ``cls.Options``, v
 
 The state is a dict of tensors with ``n_envs`` as dim 0, so an evaluator keeps it without
 looking inside; ``act`` returns a new dict. ``obs_mean``/``obs_std`` are buffers: a saved
-``state_dict`` holds the normalisation and ``act`` takes raw observations.
+``state_dict`` holds the normalisation and ``act`` takes raw observations. An agent that acts by
+a carried state may offer ``carry_step_module()``, its step as a module of tensors: the ONNX export.
 """
 from __future__ import annotations
 
@@ -42,9 +43,25 @@ class Agent(nn.Module, abc.ABC):
     #: Acting modes an agent offers (e.g. carried state vs window re-run); the first is the default.
     act_modes: tuple[str, ...] = ()
 
+    def __new__(cls, spec: DataSpec | None = None, options: "Agent.Options | None" = None, *args, **kwargs):
+        agent = super().__new__(cls)  # object's: nn.Module defines no __new__
+        if options is not None:  # what the agent is built with, whatever its __init__ passes on
+            object.__setattr__(agent, "_built_with", options)
+        return agent
+
     def __init__(self, spec: DataSpec, options: "Agent.Options | None" = None):
+        # The options given to the constructor (see __new__): a subclass that forgets to pass them on
+        # to super().__init__ still records them, and one that passes others is refused.
+        built_with = self.__dict__.pop("_built_with", None)
         super().__init__()
-        options = self.Options() if options is None else options
+        if not isinstance(built_with, self.Options):  # a subclass's own signature: no Options there
+            built_with = None
+        if options is None:
+            options = self.Options() if built_with is None else built_with
+        elif built_with is not None and options != built_with:
+            raise TypeError(f"{type(self).__name__} was built with options {built_with} but passed "
+                            f"{options} to Agent.__init__, which records the options a checkpoint "
+                            f"rebuilds it with: pass `options` on to super().__init__(spec, options)")
         if not isinstance(options, self.Options):
             raise TypeError(f"{type(self).__name__} takes a {type(self).__name__}.Options, got "
                             f"{type(options).__name__}")
@@ -99,6 +116,27 @@ class Agent(nn.Module, abc.ABC):
         """Switch to the agent's fastest exact way of acting, for a policy that runs as it is
         (``Policy.load`` calls it); the default changes nothing. Returns the agent."""
         return self
+
+    def max_target_return(self) -> float | None:
+        """The largest |target return| ``reset`` accepts (an exported policy refuses beyond it
+        too); None: no bound."""
+        return None
+
+    def carry_step_module(self) -> nn.Module:
+        """One acting step by a carried state as a module of tensors only: what ``rlmin export``
+        traces into an ONNX graph (rlmin/onnx_export.py).
+
+        ``forward(obs, reward, done, *state) -> (action, *updated state)``: ``obs`` raw [n, obs_dim],
+        ``reward`` [n] (of the previous action; ignored on a row's first step), ``done`` bool [n]
+        (the row's ``obs`` starts a new episode: its state is reset inside), then the state
+        tensors named by the module's ``state_keys``, in that order, as ``reset`` makes them; it
+        returns the action [n, act_dim] and the new values of the keys in its ``updated_keys``
+        (``prev_action``, when in the state, becomes the action: ``rlmin.step_protocol``). The
+        same step as ``act``. An agent without one (the default) raises ValueError in one line.
+        """
+        raise ValueError(f"ONNX export needs a decision agent acting in carry mode; this one "
+                         f"({self.label()}, act_mode {self.act_mode!r}) re-runs a K-step window "
+                         f"every step: export it as a .pt policy instead")
 
     @classmethod
     def check_act_mode(cls, options: "Agent.Options", mode: str) -> None:

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlmin.errors import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "checkpoint_dir",
@@ -54,15 +56,6 @@ CHECKPOINT_SUBDIR = "checkpoints"
 LATEST_NAME = "latest"
 _NAME_RE = re.compile(r"^step_(\d{8,})\.pt$")
 _TMP_PREFIX = ".tmp-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, found or loaded. The message says which file and what to do;
-    ``reason`` (when set) is what was wrong with the file, in a few words, for lists of files."""
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------- paths

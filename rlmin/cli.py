@@ -21,13 +21,10 @@ import sys
 from pathlib import Path
 
 from rlmin.cpu import tune_cpu_allocator
+from rlmin.errors import UsageError, UserError
+from rlmin.paths import CONFIG_ROOT
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 QUICKSTART_CONFIG = CONFIG_ROOT / "quickstart.yaml"
-
-
-class UsageError(ValueError):
-    """A command line that cannot work; the message says what to write instead (exit 2)."""
 
 
 def find_config(name: str) -> Path:
@@ -361,27 +358,12 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _user_error(e: BaseException) -> tuple[int, str] | None:
-    """(exit status, prefix) for errors a user can fix; None for anything else (a bug)."""
-    from rlmin.checkpoint import CheckpointError
-    from rlmin.config import ConfigError
-    from rlmin.data.episodes import DataError
-    from rlmin.data.minari_io import DatasetNotFoundError
-    from rlmin.registry import RegistryError
-    from rlmin.rundir import OutputError, RunDirError
-    from rlmin.train import TrainingError
-
-    if isinstance(e, (ConfigError, UsageError, RunDirError, OutputError)):
-        return 2, "error"
-    from rlmin.video import VideoError
-
-    if isinstance(e, (DatasetNotFoundError, DataError, CheckpointError, TrainingError, VideoError,
-                      RegistryError, FileNotFoundError, FileExistsError, ValueError)):
-        return 1, "error"
-    if isinstance(e, OSError):  # disk full, permissions, read-only mounts
-        return 1, "error"
-    if type(e).__name__ == "TritonScanError":  # by name: importing triton here would be slow
-        return 1, "error"
+def _exit_code(e: BaseException) -> int | None:
+    """The exit status of an error a user can fix (rlmin/errors.py); None for anything else (a bug)."""
+    if isinstance(e, UserError):
+        return e.exit_code  # 2: a bad command line or config; 1: a runtime problem
+    if isinstance(e, (ValueError, OSError)):  # OSError: missing/existing files, disk full, permissions
+        return 1
     return None
 
 
@@ -411,11 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        known = _user_error(e)
-        if known is None or debug:
+        code = _exit_code(e)
+        if code is None or debug:
             raise
-        print(f"{known[1]}: {_one_line(e)}", file=sys.stderr)
-        return known[0]
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return code
 
 
 def _one_line(e: BaseException) -> str:

@@ -7,7 +7,6 @@ under ``include:`` (paths relative to it), merged before its own keys.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what to do."""
+from rlmin.errors import ConfigError
 
 
 @dataclass
@@ -166,6 +163,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Conf
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        if merged.agent.get("name") is None:  # recorded in config.yaml, so a resume builds the same agent
+            merged.agent.name = default_agent_name()
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         reason = str(e).splitlines()[0].strip()
@@ -255,30 +254,22 @@ def agent_class(cfg: DictConfig):
 
 def agent_options(cfg: DictConfig):
     """The agent's ``Options`` from ``cfg.agent`` (all but ``name``): typed by OmegaConf from the
-    dataclass (a wrong type names the key), then its ``__post_init__`` checks the values."""
+    dataclass, nested options (a decision agent's backbone_options) too, then checked by their
+    ``__post_init__``; an error names the key (agent.backbone_options.expansion)."""
+    from rlmin.errors import OptionError
+    from rlmin.options import typed
+
     cls = agent_class(cfg)
     values = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
-    known = {f.name for f in dataclasses.fields(cls.Options)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"config key 'agent.{unknown[0]}' is not an option of agent "
-                          f"{cfg.agent.name!r}; its options: {', '.join(sorted(known))}")
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(cls.Options), values)
-        return OmegaConf.to_object(typed)  # builds the dataclass: __post_init__ validates
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(f"config key 'agent.{key}': {str(e).splitlines()[0].strip()}") from None
-    except (ValueError, TypeError) as e:  # Options messages open with the option's name
-        field = next((k for k in sorted(known, key=len, reverse=True) if str(e).startswith(k)), None)
-        where = f"config key 'agent.{field}'" if field else f"agent {cfg.agent.name!r} options"
+        return typed(cls.Options, values, owner=f"agent {cfg.agent.name!r}")
+    except OptionError as e:
+        where = f"config key 'agent.{e.key}'" if e.key else f"agent {cfg.agent.name!r} options"
         raise ConfigError(f"{where}: {e}") from None
 
 
 def _validate_agent(cfg: DictConfig) -> None:
     """Registered agent, its options and the eval acting mode: before any dataset is loaded."""
-    if cfg.agent.get("name") is None:
-        cfg.agent.name = default_agent_name()
     if not isinstance(cfg.agent.get("name"), str):
         raise ConfigError("config key 'agent.name' must name a registered agent")
     options = agent_options(cfg)
@@ -299,6 +290,8 @@ def from_dict(data: dict, overrides: list[str] = ()) -> Config:
     ``key=value`` overrides on top."""
     merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data),
                              OmegaConf.from_dotlist(list(overrides)))
+    if merged.agent.get("name") is None:
+        merged.agent.name = default_agent_name()
     validate(merged)
     OmegaConf.set_readonly(merged, True)
     return merged

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rlmin.errors import EvalUsageError
 from rlmin.registry import TASKS, load_group
 from rlmin.scores import normalized_score
 from rlmin.spec import EvalSpec
@@ -343,11 +344,6 @@ def format_results_table(results: dict) -> str:
             f"| {_fmt(r['normalized_mean'], r['normalized_std'], 1, r['episodes'])} | {r['length_mean']:.1f} |"
         )
     return "\n".join(lines)
-
-
-class EvalUsageError(ValueError):
-    """An evaluation asked of a checkpoint that it cannot do (e.g. an acting mode its agent
-    lacks); found before any episode runs."""
 
 
 def load_actor(path, mode: str | None = None):

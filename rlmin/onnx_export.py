@@ -1,29 +1,27 @@
-"""Export a trained decision agent's carry step as one ONNX graph, run without torch by rlmin.onnx_policy.
+"""Export a trained agent's carried-state step as one ONNX graph, run without torch by rlmin.onnx_policy.
 
     rlmin export CHECKPOINT policy.onnx          # the suffix picks ONNX (needs the `export` extra)
     from rlmin.policy import Policy
     policy = Policy.load("policy.onnx")          # an rlmin.onnx_policy.OnnxPolicy: numpy + onnxruntime
 
-The graph is ONE carry step for n envs (n is a dynamic axis), all float32 but ``t`` (int64) and
+The graph is ONE acting step for n envs (n is a dynamic axis), all float32 but ``t`` (int64) and
 ``done`` (bool):
 
 * inputs: ``obs`` [n, obs_dim] (raw: the dataset's normalisation is inside the graph),
   ``reward`` [n] (of the previous action; ignored on a row's first step), ``done`` [n] (the row's
-  ``obs`` starts a new episode: its state is reset inside the graph, to the backbone's initial
-  state, R = target and t = 0), then the state, named as the torch agent's state keys:
-  ``target`` [n], ``rtg`` [n], ``t`` [n], ``prev_action`` [n, act_dim], ``backbone.0``, ...
+  ``obs`` starts a new episode: its state is reset inside the graph, R = target and t = 0), then
+  the state, named as the torch agent's state keys: ``target`` [n], ``rtg`` [n], ``t`` [n],
+  ``prev_action`` [n, act_dim] (``rlmin.step_protocol``), then the agent's own (``backbone.0``, ...).
 * outputs: ``action`` [n, act_dim], then the new state ``next.rtg``, ``next.t``,
   ``next.backbone.0``, ... (``target`` does not change; the next ``prev_action`` is ``action``).
 
-It is traced from ``DecisionAgent.carry_forward``: the step's three tokens in one backbone forward
-(rows on their first step shifted, length 2), the branch-free form of what the torch agent runs, with
-the minRNN scans on their plain-op reference path (``reference_scans``), so the graph and the agent
-compute one function. One forward, not three ``step`` calls: a third of the Gemm nodes (each on
-three times the rows), and the last block computes only the row it returns. The metadata a
-policy needs (format, the agent record, the eval spec with env id, target returns and reference
-scores, the state's names, shapes and dtypes) is JSON in the model's ``metadata_props["rlmin"]``:
-the .onnx file is the whole deployment. A transformer (or any agent acting in ``window`` mode)
-is refused: its acting state is a K-step window, not a carried state.
+The graph is traced from the module the agent's ``carry_step_module()`` returns (``rlmin.agent``
+documents it; the decision agent's is ``CarryStep``, agents/decision_acting.py), with the minRNN
+scans on their plain-op reference path (``reference_scans``), so the graph and the agent compute
+one function. The metadata a policy needs (format, the agent record, the eval spec with env id,
+target returns and reference scores, the state's names, shapes and dtypes) is JSON in the model's
+``metadata_props["rlmin"]``: the .onnx file is the whole deployment. An agent without a carried
+state (a transformer, or any agent acting in ``window`` mode) is refused in one line.
 """
 from __future__ import annotations
 
@@ -33,10 +31,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from rlmin.checkpoint import CheckpointError, atomic_write_bytes
-from rlmin.nn import reference_scans, reset_rows
+from rlmin.nn import reference_scans
 from rlmin.policy import agent_from_payload, load_payload
 from rlmin.rundir import check_output
 
@@ -44,51 +41,13 @@ FORMAT = "rlmin-onnx-policy-v1"
 METADATA_KEY = "rlmin"
 OPSET = 17  # LayerNormalization is an ONNX op from opset 17
 INPUTS = ("obs", "reward", "done")
-FIXED_STATE = ("target", "rtg", "t", "prev_action")  # then the backbone's: backbone.0, backbone.1, ...
-UPDATED_STATE = ("rtg", "t")  # outputs next.<key>; plus every backbone tensor
 
 
-class CarryStep(nn.Module):
-    """One carry step of a DecisionAgent as a function of tensors only: what the ONNX graph holds.
-
-    ``forward(obs, reward, done, target, rtg, t, prev_action, *backbone_state)`` ->
-    ``(action, rtg, t, *backbone_state)``, the same step as ``agent.act`` on the same state.
-    """
-
-    def __init__(self, agent):
-        super().__init__()
-        self.agent = agent
-        # The backbone's initial state for one row (zeros, or a learned h0): done rows take it.
-        self.n_fresh = len(agent.backbone_state_keys)
-        for i, s in enumerate(agent._initial_backbone_state(1)):
-            self.register_buffer(f"fresh_{i}", s.detach().clone())
-
-    def forward(self, obs, reward, done, target, rtg, t, prev_action, *bstate):
-        agent = self.agent
-        t = torch.where(done, 0, t)
-        first = t == 0
-        rtg = torch.where(first, target, rtg - reward)  # a row's first R is its target (as reset gives)
-        prev = torch.where(first[:, None], 0.0, prev_action)
-        bstate = reset_rows(bstate, done, tuple(getattr(self, f"fresh_{i}") for i in range(self.n_fresh)))
-        y, bstate = agent.carry_forward(agent.normalize(obs), rtg, prev, t, first, bstate)
-        return (agent.head(y), rtg, t + 1, *bstate)
-
-
-def state_layout(agent) -> list[dict]:
-    """The acting state's tensors: name, per-row shape (after the n_envs dim) and dtype."""
+def state_layout(agent, keys) -> list[dict]:
+    """The acting state's tensors ``keys``: name, per-row shape (after the n_envs dim) and dtype."""
     state = agent.reset(1, 0.0)
     return [{"name": k, "shape": list(state[k].shape[1:]),
-             "dtype": str(state[k].dtype).removeprefix("torch.")}
-            for k in (*FIXED_STATE, *agent.backbone_state_keys)]
-
-
-def check_exportable(agent) -> None:
-    """ValueError, in one line, unless the agent acts by a carried state (a graph of one step)."""
-    if getattr(agent, "act_mode", None) != "carry" or not hasattr(agent, "carry_forward"):
-        what = getattr(getattr(agent, "options", None), "backbone", type(agent).__name__)
-        raise ValueError(f"ONNX export needs a decision agent acting in carry mode; this one ({what}, "
-                         f"act_mode {getattr(agent, 'act_mode', None)!r}) re-runs a K-step window "
-                         f"every step: export it as a .pt policy instead")
+             "dtype": str(state[k].dtype).removeprefix("torch.")} for k in keys]
 
 
 def _softplus(g, x, beta, threshold):
@@ -106,24 +65,23 @@ def _softplus(g, x, beta, threshold):
 
 
 def onnx_bytes(agent, metadata: dict | None = None) -> bytes:
-    """The serialised ONNX model of ``agent``'s carry step (float32), ``metadata`` in its props."""
+    """The serialised ONNX model of ``agent.carry_step_module()`` (float32), ``metadata`` in its props."""
     import onnx  # the `export` extra
 
-    check_exportable(agent)
     source = agent
     agent = type(source)(source.spec, source.options).eval()  # float32; the caller's agent is left alone
     agent.load_state_dict(source.state_dict())
-    agent.act_mode, agent.carry_impl = "carry", "step"
-    step = CarryStep(agent).eval()
-    layout = state_layout(agent)
+    agent.act_mode = source.act_mode  # as the caller's agent acts (it may be inside ``acting(mode)``)
+    step = agent.carry_step_module().eval()  # an agent without a carried state refuses, in one line
+    layout = state_layout(agent, step.state_keys)
     n = 2  # any example batch: the envs axis is dynamic
     state = agent.reset(n, [1.0, 2.0])
     example = (torch.zeros(n, agent.obs_dim), torch.zeros(n), torch.zeros(n, dtype=torch.bool),
                *(state[s["name"]] for s in layout))
     inputs = [*INPUTS, *(s["name"] for s in layout)]
-    outputs = ["action", *(f"next.{k}" for k in (*UPDATED_STATE, *agent.backbone_state_keys))]
+    outputs = ["action", *(f"next.{k}" for k in step.updated_keys)]
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings(), reference_scans(agent.backbone):
+    with torch.no_grad(), warnings.catch_warnings(), reference_scans(step):
         # The TorchScript exporter: it traces plain ops with no extra dependency (the dynamo
         # exporter needs onnxscript). Its deprecation and tracer warnings say nothing about this graph.
         warnings.simplefilter("ignore")
@@ -185,9 +143,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quantize: str | None = 
     agent = agent_from_payload(payload)
     metadata = {"agent": payload["agent"], "eval_spec": payload["eval_spec"],
                 "dataset": payload.get("dataset"), "step": payload.get("step"), "source": str(source),
-                "quantization": quantize, "describe": {**agent.describe(), "act_mode": "carry"}}
-    if hasattr(agent, "max_target_return"):  # OnnxPolicy.reset refuses what the agent refuses
-        metadata["max_target_return"] = float(agent.max_target_return())
+                "quantization": quantize, "describe": agent.describe()}
+    limit = agent.max_target_return()
+    if limit is not None:  # OnnxPolicy.reset refuses what the agent refuses
+        metadata["max_target_return"] = float(limit)
     data = onnx_bytes(agent, metadata)
     if quantize == "int8":
         data = quantize_int8(data)

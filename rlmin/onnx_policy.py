@@ -1,7 +1,8 @@
 """Run an exported ONNX policy (``rlmin export CKPT policy.onnx``) with ONNX Runtime: no torch needed.
 
-This module imports only the standard library, numpy and onnxruntime, so a deployment can copy
-this one file and the .onnx next to its code (``pip install numpy onnxruntime``)::
+This module imports only the standard library, numpy, onnxruntime and ``rlmin.step_protocol``
+(which imports nothing), so a deployment can copy these two files and the .onnx next to its code
+(``pip install numpy onnxruntime``)::
 
     from rlmin.onnx_policy import OnnxPolicy      # or rlmin.policy.Policy.load("policy.onnx")
     policy = OnnxPolicy.load("policy.onnx")
@@ -25,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+try:
+    from rlmin.step_protocol import PREV_ACTION, RTG, T, TARGET, check_reward, restart
+except ImportError:  # a deployment's copy, beside this file outside the rlmin package
+    from step_protocol import PREV_ACTION, RTG, T, TARGET, check_reward, restart
 
 FORMAT = "rlmin-onnx-policy-v1"
 METADATA_KEY = "rlmin"
@@ -86,8 +92,8 @@ class OnnxPolicy:
                              f"float32 maths (it embeds target / return_scale): give a target of "
                              f"at most {limit:.3g} in absolute value")
         self.state = {name: np.zeros((n_envs, *shape), dtype) for name, shape, dtype in self.layout}
-        self.state["target"][:] = target
-        self.state["rtg"][:] = target
+        self.state[TARGET][:] = target
+        self.state[RTG][:] = target
         # The backbone's initial state (zeros or a learned h0) is in the graph: the first act
         # passes done for every row, and the graph puts it in.
         self._starting = np.ones(n_envs, dtype=bool)
@@ -99,19 +105,18 @@ class OnnxPolicy:
         new episode (their state is reset first)."""
         if self.state is None:
             raise RuntimeError("call policy.reset(n_envs, target_return) before act()")
-        n = self.state["t"].shape[0]
+        n = self.state[T].shape[0]
         obs = np.asarray(obs, dtype=np.float32)
         if obs.shape != (n, self.obs_dim):
             raise ValueError(f"obs must be [{n}, {self.obs_dim}] (n_envs, obs_dim), got {obs.shape}")
         done = self._starting if done is None else self._starting | _rows(done, n, "done", bool)
-        if reward is None:
-            if not bool((done | (self.state["t"] == 0)).all()):
-                raise ValueError("reward is required for rows past their first step "
-                                 "(the reward of the previous action)")
+        if reward is None:  # only when every row is on its first step (the graph restarts done rows)
+            check_reward(reward, restart(np.where, self.state[T], done) == 0)
             reward = np.zeros(n, dtype=np.float32)
         feed = {"obs": obs, "reward": _rows(reward, n, "reward", np.float32), "done": done, **self.state}
         action, *updated = self.session.run(self.outputs, feed)
-        self.state = {**self.state, **dict(zip(self.updated, updated)), "prev_action": action}
+        # The graph gives the keys it changes; the action is the next step's a_{t-1}.
+        self.state = {**self.state, **dict(zip(self.updated, updated)), PREV_ACTION: action}
         self._starting = self._no_rows
         return action
 

@@ -35,10 +35,11 @@ def agent_payload(name: str, agent) -> dict:
     return {"name": name, "options": agent.options_dict(), "spec": agent.spec.to_dict()}
 
 
-def agent_from_payload(payload: dict):
-    """Rebuild the agent saved in a training checkpoint or an exported policy (eval mode)."""
+def agent_from_payload(payload: dict, cls=None):
+    """Rebuild the agent saved in a training checkpoint or an exported policy (eval mode).
+    ``cls``: the agent class (default: the one registered under the record's name)."""
     record, state = payload["agent"], payload["model"]
-    cls = load_agent_class(record["name"])
+    cls = load_agent_class(record["name"]) if cls is None else cls
     spec = DataSpec.from_dict(record["spec"], obs_mean=state["obs_mean"], obs_std=state["obs_std"])
     agent = cls(spec, cls.options_from_dict(record["options"]))
     agent.load_state_dict(state)

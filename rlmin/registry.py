@@ -19,6 +19,8 @@ import importlib.metadata
 import warnings
 from typing import Any
 
+from rlmin.errors import RegistryError
+
 # The groups rlmin itself knows about (others work too; these are just named once).
 TASKS = "rlmin.tasks"
 AGENTS = "rlmin.agents"
@@ -27,13 +29,6 @@ BUILDERS = "rlmin.builders"
 _loaded: dict[str, dict[str, Any]] = {}      # group -> name -> object, from entry points
 _failed: dict[str, dict[str, Exception]] = {}  # group -> name -> why loading failed
 _registered: dict[str, dict[str, Any]] = {}  # group -> name -> object, from register()
-
-
-class RegistryError(KeyError):
-    """An unknown name in a registry group; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
 
 
 def _load_entry_points(group: str) -> None:

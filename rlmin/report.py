@@ -33,7 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rlmin.grid import COMMAND_FILE, DRIVER_LOG, GRID_FILE, RESULTS, ReproError
+from rlmin.errors import ReproError
+from rlmin.gridrun import COMMAND_FILE, DRIVER_LOG, GRID_FILE, RESULTS
 
 # Config keys that never set two runs' results apart: the seed is what a row averages over; the
 # rest is bookkeeping. train.steps has its own column.

@@ -17,14 +17,7 @@ from filelock import FileLock, Timeout
 
 from rlmin.checkpoint import (TRAINING_KEYS, CheckpointError, checkpoint_dir,
                               list_checkpoints, load_latest)
-
-
-class RunDirError(ValueError):
-    """A run dir that cannot be used for this run; the message says what to do instead."""
-
-
-class OutputError(ValueError):
-    """An output file that would replace what someone made, or cannot be written (exit 2)."""
+from rlmin.errors import OutputError, RunDirError
 
 
 #: Files a run writes beside its checkpoints/ and tb/; only the trainer writes them.

@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+
+from rlmin.checks import positive_int
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,7 @@ class DataSpec:
 
     def __post_init__(self):
         for name in ("obs_dim", "act_dim", "seq_len", "max_episode_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DataSpec.{name} must be a positive int, got {value!r}")
+            positive_int(f"DataSpec.{name}", getattr(self, name))
 
     def to_dict(self) -> dict:
         return {"obs_dim": int(self.obs_dim), "act_dim": int(self.act_dim),

@@ -8,18 +8,23 @@ Run it on your own agent class before registering it::
 It builds the agent on a small random data spec and checks: typed options (an unknown option is
 refused naming it), a finite scalar loss whose gradient reaches the parameters and ignores
 padding, pure ``act`` (the state passed in is not changed), actions of the right shape in
-[-1, 1], ``done`` resetting exactly its rows, every acting mode, and a rebuild from the saved
-options and state dict that acts identically.
+[-1, 1], ``done`` resetting exactly its rows, every acting mode, a rebuild from the saved
+options and state dict that acts identically, and the options it was built with coming back
+from a training checkpoint and an exported .pt policy (written and read by rlmin's own code).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlmin.spec import DataSpec
+from rlmin.checkpoint import save_checkpoint
+from rlmin.policy import agent_from_payload, agent_payload, export_policy, load_payload
+from rlmin.spec import DataSpec, EvalSpec
 
 OBS, ACT, SEQ, ENVS = 5, 2, 4, 3
 
@@ -70,6 +75,19 @@ def _act_episode(agent, steps: int = 6, seed: int = 0, done_at: int | None = Non
         state, reward = new_state, gen.normal(size=ENVS)
         actions.append(action)
     return np.stack(actions)
+
+
+def _saved_and_reloaded(cls, agent) -> list[tuple[str, object]]:
+    """(what, the agent rebuilt from it) for a training checkpoint of ``agent`` and a .pt policy
+    exported from that checkpoint."""
+    eval_spec = EvalSpec("check-agent-v0", 16, (100.0,), None, None, "none", OBS, ACT, "check/random-v0")
+    payload = {"agent": agent_payload(cls.__name__, agent), "model": agent.state_dict(),
+               "eval_spec": eval_spec.to_dict(), "step": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_checkpoint(Path(tmp) / "run", 0, payload)
+        policy = export_policy(checkpoint, Path(tmp) / "policy.pt")
+        return [(what, agent_from_payload(load_payload(path)[0], cls))
+                for what, path in (("a training checkpoint", checkpoint), ("an exported .pt policy", policy))]
 
 
 class _FreshRow:
@@ -138,3 +156,11 @@ def check_agent(cls, options=None) -> None:
     assert deployed is clone, "for_deployment must return the agent itself"
     assert np.allclose(_act_episode(deployed), first) and \
         np.allclose(_act_episode(deployed, done_at=3), reset), "for_deployment changed how the agent acts"
+
+    # What a run records must rebuild the agent it trained: an option that acting does not show
+    # (dropout) is caught here, not by the actions above.
+    for what, reloaded in _saved_and_reloaded(cls, agent):
+        assert reloaded.options == options, (
+            f"{cls.__name__} was built with {options}, but {what} rebuilds it with "
+            f"{reloaded.options}: the agent must record the options it runs with (pass them on "
+            f"to super().__init__(spec, options); options_dict() saves self.options)")

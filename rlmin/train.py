@@ -32,6 +32,7 @@ from rlmin.checkpoint import (TRAINING_KEYS, CheckpointError, atomic_write_bytes
                               capture_rng_state, list_checkpoints, load_latest, restore_rng_state,
                               save_checkpoint)
 from rlmin.data.resolve import LoadedDataset, load_dataset_for
+from rlmin.errors import TrainingError
 from rlmin.evaluate import DEFAULT_MAX_ENVS, EvaluationStopped, check_evaluation, evaluate
 from rlmin.interrupts import GracefulStop, StopRequested
 from rlmin.policy import agent_payload
@@ -39,10 +40,6 @@ from rlmin.rundir import (NO_CHECKPOINT, RunDirError, RunLock, check_new, check_
                           holds_run, nothing_to_resume, read_results, unloadable)
 from rlmin.runlog import RunLog
 from rlmin.spec import EvalSpec
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message says what was kept."""
 
 
 @dataclass

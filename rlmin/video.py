@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rlmin.errors import VideoError
+
 SUFFIXES = (".mp4", ".gif")
 TARGET_FPS = 30  # frames kept per second of simulated time: smooth, and small files
 RENDER_HINT = ("set MUJOCO_GL=egl (Debian: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) "
                "or MUJOCO_GL=osmesa (apt-get install libosmesa6)")
-
-
-class VideoError(RuntimeError):
-    """A video that cannot be made here; the message names the package or setting that fixes it."""
 
 
 def choose_gl_backend() -> None:

@@ -258,6 +258,34 @@ print(json.dumps(out))
     np.testing.assert_allclose(np.array(json.loads(proc.stdout)), expected, rtol=0, atol=1e-5)
 
 
+def test_onnx_policy_runs_from_two_copied_files(exported, tmp_path):
+    """A deployment copies onnx_policy.py and step_protocol.py beside its code, without rlmin."""
+    import shutil
+
+    torch_policy, _, path = exported["mingru"]
+    expected = run_policy(torch_policy, 2, 20, seed=6)
+    np.savez(tmp_path / "stream.npz", *stream(2, 20, seed=6))
+    for name in ("onnx_policy.py", "step_protocol.py"):
+        shutil.copy(REPO / "rlmin" / name, tmp_path / name)
+    code = f"""
+import json, sys
+sys.modules["torch"] = sys.modules["rlmin"] = None  # neither is importable now
+sys.path.insert(0, {str(tmp_path)!r})
+import numpy as np
+from onnx_policy import OnnxPolicy
+obs, rewards, done = np.load({str(tmp_path / "stream.npz")!r}).values()
+policy = OnnxPolicy.load({str(path)!r})
+policy.reset(2)
+out = [policy.act(obs[t], None if t == 0 else rewards[t - 1], done[t] if t else None).tolist()
+       for t in range(len(obs))]
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), expected, rtol=0, atol=1e-5)
+
+
 def test_transformer_export_is_refused_in_one_line(tmp_path, capsys):
     ckpt = save_checkpoint(make_agent("transformer"), tmp_path / "dt.pt")
     assert cli.main(["export", str(ckpt), str(tmp_path / "dt.onnx")]) == 1

@@ -284,7 +284,7 @@ def test_options_are_a_typed_dataclass():
 def test_transformer_context_defaults():
     stacked = make_agent("transformer", token_layout="stacked")
     assert stacked.backbone.context == K  # sized from the spec's seq_len ...
-    assert stacked.options_dict()["backbone_options"] == {}  # ... and not spliced into the options
+    assert stacked.options_dict()["backbone_options"]["context"] is None  # ... not spliced into the options
     assert make_agent("transformer", spec=dict(seq_len=5)).backbone.context == 3 * 5
     agent = make_agent("transformer", backbone_options=dict(context=5 * K))
     assert agent.backbone.context == 5 * K

@@ -310,16 +310,34 @@ def test_options_have_defaults():
         opts = backbone_options(name)
         assert build_backbone(name, 8, 1, **opts) is not None
     assert set(BACKBONES) == set(NAMES)
-    assert backbone_options("transformer") == {"n_heads": 1, "dropout": 0.1, "context": 60,
+    # dropout and context are left to the owning agent (None); alone, DT's 0.1 and 60
+    assert backbone_options("transformer") == {"n_heads": 1, "dropout": None, "context": None,
                                                "position_embedding": False, "input_dropout": 0.0,
                                                "activation": "relu", "init": "dt"}
+    alone = build_backbone("transformer", 8, 1)
+    assert alone.context == 60 and alone.blocks[0].attn.dropout == 0.1
+
+
+def test_options_are_typed_dataclasses():
+    from rlmin.nn import MinGRUBackbone
+
+    options = MinGRUBackbone.Options(expansion=2.0, scan_impl="reference")
+    model = MinGRUBackbone(8, 1, options)
+    assert model.d_hidden == 16 and model.scan_impl == "reference" and model.options is options
+    with pytest.raises(TypeError):
+        MinGRUBackbone.Options(heads=2)  # a dataclass: no silent **kwargs
+    with pytest.raises(ValueError, match="expansion must be a positive number"):
+        MinGRUBackbone.Options(expansion=0)  # checked once, where the options are made
+    with pytest.raises(TypeError, match="MinGRUBackbone.Options"):
+        MinGRUBackbone(8, 1, {"expansion": 2.0})  # a mapping goes through build_backbone
+    assert build_backbone("mingru", 8, 1, {"expansion": 2.0}).d_hidden == 16
 
 
 @pytest.mark.parametrize("call,match", [
     (lambda: build_backbone("mamba", 16, 2), r"unknown backbone 'mamba'.*mingru, minlstm, transformer, gru, lstm"),
-    (lambda: build_backbone("mingru", 16, 2, heads=2), r"unknown option\(s\) heads.*expansion.*conv_kernel"),
-    (lambda: build_backbone("gru", 16, 2, expansion=2), r"unknown option\(s\) expansion.*dropout"),
-    (lambda: build_backbone("transformer", 16, 2, conv_kernel=3), r"unknown option\(s\) conv_kernel.*n_heads"),
+    (lambda: build_backbone("mingru", 16, 2, heads=2), r"\['heads'\] is not an option of backbone 'mingru'.*expansion.*conv_kernel"),
+    (lambda: build_backbone("gru", 16, 2, expansion=2), r"\['expansion'\] is not an option of backbone 'gru'.*dropout"),
+    (lambda: build_backbone("transformer", 16, 2, conv_kernel=3), r"\['conv_kernel'\] is not an option.*n_heads"),
     (lambda: build_backbone("mingru", 0, 2), r"d_model must be a positive integer; got 0"),
     (lambda: build_backbone("lstm", 16, -1), r"n_layers must be a positive integer; got -1"),
     (lambda: build_backbone("transformer", 16, 0), r"n_layers must be a positive integer"),

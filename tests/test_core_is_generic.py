@@ -1,9 +1,14 @@
 """The core names no agent and no backbone (issue 9): what sets agents apart lives in the agents.
 
-The check reads the code, not the prose: identifiers (names, attributes, functions, arguments,
-imports) and string literals, leaving out docstrings, comments and the text shown to a user
-(error messages, printouts, warnings, argparse help), where an example such as "e.g. decision"
-is no special case. A hit there means the core treats one agent or backbone differently.
+Two checks read each core module's syntax tree, not its prose:
+
+* names: identifiers (names, attributes, functions, arguments, imports) and string literals,
+  leaving out docstrings, comments and the text shown to a user (error messages, printouts,
+  warnings, argparse help), where an example such as "e.g. decision" is no special case. A hit
+  there means the core treats one agent or backbone differently.
+* reach: no import of ``agents`` or ``envs`` (the registry loads them), no attribute that only
+  a shipped agent has (``carry_forward``, ``_initial_backbone_state``: the ``Agent`` interface is
+  all the core may use), and no ``hasattr``/``getattr`` probing an agent for a method.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ["train.py", "config.py", "grid.py", "report.py", "policy.py", "evaluate.py",
+CORE = ["train.py", "config.py", "grid.py", "gridrun.py", "report.py", "policy.py", "evaluate.py",
         "data/resolve.py", "cli.py", "checkpoint.py", "spec.py", "runlog.py", "rundir.py",
-        "interrupts.py", "testing.py", "agent.py", "scores.py", "task.py"]
+        "interrupts.py", "testing.py", "agent.py", "scores.py", "task.py", "onnx_export.py",
+        "onnx_policy.py", "step_protocol.py"]
 NAMES = ("decision", "bc", "transformer", "mlp")
 _WORD = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(NAMES) + r")(?![a-z0-9])", re.I)
 _PROSE_CALLS = {"print", "warn", "add_argument", "add_parser", "write", "say", "ArgumentParser"}
@@ -108,4 +114,81 @@ def test_core_module_names_no_agent(name):
         pytest.skip(f"rlmin/{name} does not exist (any more)")
     hits = special_cases(path.read_text())
     assert not hits, f"rlmin/{name} names an agent or backbone in its code: " + "; ".join(
+        f"line {line}: {what}" for line, what in hits)
+
+
+# ----------------------------------------------------------------------------- reach
+OUTSIDE = ("agents", "envs")  # packages the core never imports
+PROBES = ("hasattr", "getattr", "setattr")
+
+
+def agent_attributes() -> tuple[set[str], set[str]]:
+    """(every attribute of a shipped agent class but nn.Module's, those that are not the ``Agent``
+    interface's: a shipped agent's own methods and class attributes, and the private attributes
+    the agents set, ``self._x = ...``)."""
+    from torch import nn
+
+    from rlmin.agent import Agent
+    from rlmin.registry import AGENTS, load_group
+
+    classes = list(load_group(AGENTS).values())
+    every = set().union(*(dir(cls) for cls in classes)) - set(dir(nn.Module))
+    own = {name for name in every if name not in dir(Agent)}
+    for path in (ROOT / "agents").glob("*.py"):
+        own |= {node.attr for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                and node.attr.startswith("_") and not node.attr.startswith("__")}
+    return every, own
+
+
+def reaches_into_agents(source: str, every: set[str], own: set[str]) -> list[tuple[int, str]]:
+    """(line, what) for every import of agents/envs, use of an agent's own attribute, or probe of an
+    agent's method by name in ``source``."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            roots = [(node.module or "").split(".")[0]] if node.level == 0 else []
+        else:
+            roots = []
+        hits += [(node.lineno, f"import of {root}") for root in roots if root in OUTSIDE]
+        if isinstance(node, ast.Attribute) and node.attr in own:
+            hits.append((node.lineno, f"attribute {node.attr!r} of an agent"))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in PROBES
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+            name = node.args[1].value
+            if name in own or (node.func.id == "hasattr" and name in every):
+                hits.append((node.lineno, f"{node.func.id}(..., {name!r})"))
+    return sorted(set(hits))
+
+
+def test_the_reach_check_finds_agent_internals():
+    every, own = agent_attributes()
+    assert {"carry_forward", "carry_impl", "_initial_backbone_state", "_traced_steps"} <= own
+    assert not {"act", "reset", "loss", "carry_step_module", "max_target_return"} & own
+    code = '''
+import agents.decision
+from envs.tasks import TASKS
+def export(agent):
+    agent.carry_impl = "step"
+    state = agent._initial_backbone_state(1)
+    if hasattr(agent, "carry_forward") or hasattr(agent, "carry_step_module"):
+        return getattr(agent, "carry_steps")
+    return agent.carry_step_module(), agent.act_mode, getattr(agent, "act_mode", None)
+'''
+    found = {what for _, what in reaches_into_agents(code, every, own)}
+    assert found == {"import of agents", "import of envs", "attribute 'carry_impl' of an agent",
+                     "attribute '_initial_backbone_state' of an agent",
+                     "hasattr(..., 'carry_forward')", "hasattr(..., 'carry_step_module')",
+                     "getattr(..., 'carry_steps')"}, found
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_module_reaches_no_agent_internals(name):
+    path = ROOT / "rlmin" / name
+    if not path.exists():
+        pytest.skip(f"rlmin/{name} does not exist (any more)")
+    hits = reaches_into_agents(path.read_text(), *agent_attributes())
+    assert not hits, f"rlmin/{name} reaches past the Agent interface: " + "; ".join(
         f"line {line}: {what}" for line, what in hits)

@@ -5,6 +5,7 @@ own (``scale``), and a ``myagents-0.0.0.dist-info`` beside it whose ``entry_poin
 in the ``rlmin.agents`` group: on ``sys.path`` (or ``PYTHONPATH``) that is what an installed
 package looks like to ``importlib.metadata``. The agent then trains with ``rlmin train``,
 evaluates with ``rlmin eval``, exports and reloads, and an unknown option fails naming the key.
+A plugin that forgets to pass its options on to ``Agent.__init__`` still records them.
 ``rlmin.testing.check_agent`` runs on every registered agent, and catches broken ones.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from rlmin import cli, registry
+from rlmin.spec import DataSpec
 from rlmin.testing import check_agent
 
 CONSTANT = textwrap.dedent('''\
@@ -171,6 +173,40 @@ def test_unknown_option_fails_in_a_fresh_process(plugin_dir, tiny_config, tmp_pa
     assert "nope" in err and "Traceback" not in err, err
 
 
+# ----------------------------------------------------------------------------- options recorded
+def plugin_variant(old: str, new: str):
+    """The plugin's ``ConstantAgent`` with ``old`` in its source replaced by ``new``."""
+    assert old in CONSTANT
+    namespace = {"__name__": "plugin_variant"}
+    source = CONSTANT.replace(old, new)
+    exec(compile(source, "<plugin>", "exec", dont_inherit=True), namespace)  # not this file's __future__
+    return namespace["ConstantAgent"]
+
+
+def test_a_plugin_that_forgets_to_pass_its_options_on_records_them():
+    """``super().__init__(spec)``: the agent runs with the options it was given, so it must record
+    those (it recorded the defaults: a checkpoint rebuilt a different agent)."""
+    forgetful = plugin_variant("super().__init__(spec, options)", "super().__init__(spec)")
+    agent = forgetful(DataSpec(3, 2), forgetful.Options(scale=2.0))
+    assert agent.options == forgetful.Options(scale=2.0) and agent.label() == "constant x2"
+    assert agent.options_dict() == {"scale": 2.0}
+    assert forgetful(DataSpec(3, 2)).options == forgetful.Options()
+    check_agent(forgetful, forgetful.Options(scale=2.0))  # its checkpoint rebuilds it as it ran
+
+
+def test_a_plugin_that_passes_other_options_on_is_refused():
+    replaced = plugin_variant("super().__init__(spec, options)", "super().__init__(spec, self.Options())")
+    with pytest.raises(TypeError, match=r"ConstantAgent was built with .*scale=2\.0.*"
+                                        r"super\(\)\.__init__\(spec, options\)"):
+        replaced(DataSpec(3, 2), replaced.Options(scale=2.0))
+    assert replaced(DataSpec(3, 2)).options == replaced.Options()  # none given: its own are recorded
+    # A constructor whose second argument is no Options makes them itself: nothing to compare.
+    own_signature = plugin_variant(
+        "def __init__(self, spec, options=None):\n        super().__init__(spec, options)",
+        "def __init__(self, spec, scale=1.0):\n        super().__init__(spec, self.Options(scale=scale))")
+    assert own_signature(DataSpec(3, 2), 3.0).options.scale == 3.0
+
+
 # ----------------------------------------------------------------------------- check_agent
 
 def tiny_options(name: str, cls):
@@ -220,15 +256,22 @@ def _broken_agents():
         def act(self, obs, reward, state, done=None, prev_action=None):
             return super().act(obs, reward, state, None, prev_action)  # never resets a row
 
+    class RecordsOtherOptions(BCAgent):
+        def __init__(self, spec, options=None):
+            super().__init__(spec, options)  # builds its dropout layers from options.dropout
+            self.options = self.Options(hidden=self.options.hidden)  # then records the default dropout
+
     tiny = DecisionAgent.Options(backbone="mingru", d_model=8, n_layers=1)
     return [(MutatesState, None, "changed the state passed in"),
             (AcceptsAnything, None, "accepted an unknown option"),
             (OutOfRange, None, r"in \[-1, 1\]"),
-            (IgnoresDone, tiny, "done")]
+            (IgnoresDone, tiny, "done"),
+            (RecordsOtherOptions, BCAgent.Options(hidden=[8], dropout=0.3),
+             r"built with .*dropout=0\.3.* training checkpoint rebuilds it with .*dropout=0\.1")]
 
 
-@pytest.mark.parametrize("index", range(4), ids=["mutates-state", "accepts-anything",
-                                                 "out-of-range", "ignores-done"])
+@pytest.mark.parametrize("index", range(5), ids=["mutates-state", "accepts-anything", "out-of-range",
+                                                 "ignores-done", "records-other-options"])
 def test_check_agent_catches_a_broken_agent(index):
     cls, options, message = _broken_agents()[index]
     with pytest.raises(AssertionError, match=message):

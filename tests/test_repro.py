@@ -652,7 +652,7 @@ def test_paired_runs_refuses_a_folder_that_mixes_data_fingerprints(tmp_path, cap
 FORBIDDEN = re.compile(r"\b(decision|bc|transformer|mlp|hopper|halfcheetah|walker2d)\b", re.I)
 
 
-@pytest.mark.parametrize("module", ["grid", "report", "stats", "plots", "task"])
+@pytest.mark.parametrize("module", ["grid", "gridrun", "report", "stats", "plots", "task"])
 def test_the_core_names_no_agent_backbone_or_task(module):
     """Strings and names in code (docstrings and comments aside) name no agent, backbone or task."""
     tree = ast.parse((Path(grid.__file__).parent / f"{module}.py").read_text())

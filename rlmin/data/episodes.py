@@ -18,9 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from rlmin.data.minari_io import BEHAVIOUR_RETURN_KEY
-
-class DataError(ValueError):
-    """A dataset rlmin cannot use as it is (unsupported space, bad values, wrong shapes, empty)."""
+from rlmin.errors import DataError
 
 
 #: Floor for the per-feature observation std, so constant features do not divide by zero.

@@ -30,25 +30,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from rlmin.errors import (BadDatasetError, BuildLockedError, DatasetNotFoundError,
+                          IncompleteDatasetError)
+
 _ID_RE = re.compile(r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$")
 #: Metadata key (beside Minari's own) where rlmin stores the mean episode return of the data.
 BEHAVIOUR_RETURN_KEY = "behaviour_mean_return"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is not on disk (and was not to be, or could not be, downloaded)."""
-
-
-class IncompleteDatasetError(DatasetNotFoundError):
-    """A dataset folder is on disk but does not open (an interrupted build or copy)."""
-
-
-class BadDatasetError(ValueError):
-    """A dataset on disk whose metadata cannot be read (a malformed key); the message names the file."""
-
-
-class BuildLockedError(RuntimeError):
-    """Another process is building the same dataset right now."""
 
 
 # ------------------------------------------------------------------------- paths and ids

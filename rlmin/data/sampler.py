@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlmin.checks import positive_int
+
 from rlmin.data.episodes import EpisodeData
 
 MODES = ("segment", "episode")
@@ -56,11 +58,8 @@ class SegmentSampler:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         seq_len = DEFAULT_SEQ_LEN[mode] if seq_len is None else seq_len
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len <= 0:
-            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int("seq_len", seq_len)
+        positive_int("batch_size", batch_size)
         weighting = weighting or ("length" if mode == "segment" else "uniform")
         if weighting not in ("length", "uniform"):
             raise ValueError(f"weighting must be 'length' or 'uniform', got {weighting!r}")

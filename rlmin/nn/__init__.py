@@ -13,7 +13,11 @@ Every backbone is an ``nn.Module`` with
   what acting reads; the minRNN stacks skip the last block's other outputs);
 * ``step(x[B, d_model], state) -> (y[B, d_model], state)``: one time step; T steps equal forward;
 * ``initial_state(batch_size, device=None)``: the state before the first input;
-* ``recurrent`` (True for all but the transformer) and, for the transformer, ``context``.
+* the class declares the rest (:class:`rlmin.nn.base.Backbone`): its typed ``Options``, built as
+  ``cls(d_model, n_layers, options)``; ``recurrent`` (True for all but the transformer); and
+  ``for_owner``, which fills the options an agent decides (its dropout, a windowed backbone's
+  context). Adding a backbone: a subclass in its own file, one entry in :data:`BACKBONES` (or
+  :func:`register_backbone` from outside), a YAML under configs/backbones/.
 
 A state is a tuple of tensors, every one with the batch as dim 0 (torch's GRU/LSTM ``[layers, B, H]``
 is transposed to ``[B, layers, H]``). So individual rows (finished episodes) can be reset without
@@ -23,17 +27,21 @@ touching the others: ``torch.where(mask.view(-1, 1, ...), fresh, old)`` per tens
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch import nn
 
+from rlmin.nn.base import Backbone, ScanLayer
 from rlmin.nn.blocks import MinGRUBackbone, MinLSTMBackbone, MinRNNBackbone
-from rlmin.nn.mingru import MinGRU, check_size
+from rlmin.nn.mingru import MinGRU
 from rlmin.nn.minlstm import MinLSTM
 from rlmin.nn.rnn import GRUBackbone, LSTMBackbone, RNNBackbone
 from rlmin.nn.transformer import TransformerBackbone
+from rlmin import registry
+from rlmin.options import typed
 
-BACKBONES: dict[str, type[nn.Module]] = {
+BACKBONES: dict[str, type[Backbone]] = {
     "mingru": MinGRUBackbone,
     "minlstm": MinLSTMBackbone,
     "transformer": TransformerBackbone,
@@ -42,35 +50,56 @@ BACKBONES: dict[str, type[nn.Module]] = {
 }
 
 
+BACKBONE_GROUP = "rlmin.backbones"  # entry points (and register_backbone) add backbones beside these
+
+
+def backbone_names() -> list[str]:
+    return [*BACKBONES, *(n for n in registry.names(BACKBONE_GROUP) if n not in BACKBONES)]
+
+
+def backbone_class(name: str) -> type[Backbone]:
+    """The backbone ``name``: a built-in one, else one a package declares under the
+    ``rlmin.backbones`` entry point (or :func:`register_backbone` added); ValueError listing them."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    try:
+        cls = registry.get(BACKBONE_GROUP, name)
+    except registry.RegistryError:
+        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(backbone_names())}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise ValueError(f"backbone {name!r} ({cls!r}) is not a subclass of rlmin.nn.base.Backbone")
+    return cls
+
+
+def register_backbone(name: str, cls: type[Backbone]) -> type[Backbone]:
+    """Make ``cls`` (a :class:`Backbone` subclass) buildable as ``name`` in this process, e.g. as
+    ``agent.backbone=name``; a package does the same with an ``rlmin.backbones`` entry point."""
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise TypeError(f"backbone {name!r} must be a subclass of rlmin.nn.base.Backbone, got {cls!r}")
+    if name in BACKBONES:
+        raise ValueError(f"backbone {name!r} is built in; register yours under another name")
+    return registry.register(BACKBONE_GROUP, name, cls, overwrite=True)
+
+
 def backbone_options(name: str) -> dict:
-    """The options a backbone accepts, with their defaults."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
-    return dict(BACKBONES[name].OPTIONS)
+    """The options a backbone accepts, with their defaults (None: left to the owning agent)."""
+    return dataclasses.asdict(backbone_class(name).Options())
 
 
 def is_recurrent(name: str) -> bool:
     """Whether backbone ``name`` carries a state from step to step (the transformer re-runs a window)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
-    return bool(getattr(BACKBONES[name], "recurrent", True))
+    return backbone_class(name).recurrent
 
 
-def build_backbone(name: str, d_model: int, n_layers: int, **options) -> nn.Module:
-    """Build the backbone ``name`` with width ``d_model`` and ``n_layers`` layers.
-
-    ``options`` are the backbone's own (see :func:`backbone_options`): an unknown name or option, or a
-    bad value, raises ValueError saying which ones are valid.
-    """
-    defaults = backbone_options(name)
-    check_size("d_model", d_model)
-    check_size("n_layers", n_layers)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for backbone {name!r}; "
-                         f"valid options (with defaults): {valid}")
-    return BACKBONES[name](d_model=d_model, n_layers=n_layers, **options)
+def build_backbone(name: str, d_model: int, n_layers: int, options=None, **values) -> Backbone:
+    """Build the backbone ``name`` with width ``d_model`` and ``n_layers`` layers, from its
+    ``options`` (its ``Options``, or a mapping) or keyword ``values``: an unknown name or option,
+    or a bad value, raises ValueError saying which ones are valid."""
+    cls = backbone_class(name)
+    if options is None or values or not isinstance(options, cls.Options):
+        given = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})
+        options = typed(cls.Options, {**given, **values}, owner=f"backbone {name!r}", convert=False)
+    return cls(d_model, n_layers, options)
 
 
 def reset_rows(state: tuple[torch.Tensor, ...], mask: torch.Tensor,
@@ -85,7 +114,7 @@ def reset_rows(state: tuple[torch.Tensor, ...], mask: torch.Tensor,
 def reference_scans(module: nn.Module):
     """Every minRNN layer in ``module`` on ``scan_impl="reference"`` (plain torch ops) for the
     duration, e.g. while a trace records it; restored afterwards."""
-    layers = [m for m in module.modules() if isinstance(m, (MinGRU, MinLSTM))]
+    layers = [m for m in module.modules() if isinstance(m, ScanLayer)]
     before = [m.scan_impl for m in layers]
     try:
         for m in layers:
@@ -97,7 +126,8 @@ def reference_scans(module: nn.Module):
 
 
 __all__ = [
-    "BACKBONES", "backbone_options", "build_backbone", "is_recurrent", "reference_scans", "reset_rows",
+    "BACKBONES", "Backbone", "ScanLayer", "backbone_class", "backbone_options", "build_backbone",
+    "is_recurrent", "reference_scans", "register_backbone", "reset_rows",
     "MinGRU", "MinLSTM", "MinRNNBackbone", "MinGRUBackbone", "MinLSTMBackbone",
     "TransformerBackbone", "RNNBackbone", "GRUBackbone", "LSTMBackbone",
 ]

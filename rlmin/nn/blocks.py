@@ -11,7 +11,7 @@ One block (pre-norm residual; ``conv_layout`` says where the optional conv sits)
 
 and one final norm after the last block. Without a conv (the default) both layouts are the same block.
 
-Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
+Options (:class:`MinRNNBackbone.Options`, every one with a default):
 
 ``expansion`` (1.5)
     hidden width of each minRNN as a multiple of d_model. 1.5 is the default of the widely used
@@ -21,7 +21,7 @@ Options (all keyword, all with defaults; see :data:`MinRNNBackbone.OPTIONS`):
     comparisons with the DT baseline at equal d_model are roughly parameter-matched.
     The projection back to d_model is always a Linear, even at expansion 1: h is strictly positive
     (g > 0), so without it the residual branch could only ever add positive values.
-``dropout`` (0.0)
+``dropout`` (None: the owning agent's dropout; 0.0 for a backbone built alone)
     on the minRNN branch (after the projection) and at the end of the MLP.
 ``conv_kernel`` (0)
     0 = off; k > 0 = a causal Conv1d of width k before the minRNN (where: ``conv_layout``). Its last
@@ -49,12 +49,15 @@ Every tensor has the batch as dim 0, so a caller can reset individual rows with
 """
 from __future__ import annotations
 
-import numbers
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
-from rlmin.nn.mingru import MinGRU, check_scan_impl, check_size, g
+from rlmin.checks import flag, non_negative_int, one_of, positive_number, probability
+from rlmin.nn.base import Backbone
+from rlmin.nn.mingru import MinGRU, check_scan_impl, g
 from rlmin.nn.minlstm import MinLSTM
 
 CELLS = {"mingru": MinGRU, "minlstm": MinLSTM}
@@ -69,12 +72,6 @@ def make_norm(norm: str, d: int) -> nn.Module:
     if norm == "rmsnorm":
         return nn.RMSNorm(d)
     raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
-
-
-def check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
-    return float(dropout)
 
 
 class MLP(nn.Sequential):
@@ -156,7 +153,7 @@ class MinRNNBlock(nn.Module):
         return x, h, conv_cache
 
 
-class MinRNNBackbone(nn.Module):
+class MinRNNBackbone(Backbone):
     """A stack of minGRU or minLSTM residual blocks; see the module docstring for options and state.
 
     ``forward(x[B,T,d_model], state=None) -> (y, state)`` runs in parallel over time (the scan);
@@ -166,50 +163,51 @@ class MinRNNBackbone(nn.Module):
     ``initial_state(B)``.
     """
 
-    recurrent = True
-    OPTIONS = {
-        "expansion": 1.5,
-        "dropout": 0.0,
-        "conv_kernel": 0,
-        "conv_layout": "branch",
-        "learn_h0": False,
-        "scan_impl": "auto",
-        "norm": "layernorm",
-    }
+    cell = ""  # "mingru" | "minlstm": set by the subclass
 
-    def __init__(self, cell: str, d_model: int, n_layers: int, expansion: float = 1.5, dropout: float = 0.0,
-                 conv_kernel: int = 0, conv_layout: str = "branch", learn_h0: bool = False,
-                 scan_impl: str = "auto", norm: str = "layernorm"):
-        super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
-        self.d_model = check_size("d_model", d_model)
-        self.n_layers = check_size("n_layers", n_layers)
-        if isinstance(expansion, bool) or not isinstance(expansion, numbers.Real) or expansion <= 0:
-            raise ValueError(f"expansion must be a positive number; got {expansion!r}")
-        d_hidden = round(expansion * d_model)
-        if d_hidden < 1:
-            raise ValueError(f"expansion * d_model must round to at least 1; got {expansion} * {d_model}")
-        if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0:
-            raise ValueError(f"conv_kernel must be an integer >= 0 (0 = no conv); got {conv_kernel!r}")
-        if conv_layout not in CONV_LAYOUTS:
-            raise ValueError(f"conv_layout must be one of {', '.join(CONV_LAYOUTS)}; got {conv_layout!r}")
-        if not isinstance(learn_h0, bool):
-            raise ValueError(f"learn_h0 must be True or False; got {learn_h0!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
-        self.cell = cell
-        self.d_hidden = d_hidden
-        self.conv_kernel = conv_kernel
-        self.conv_layout = conv_layout
-        self.learn_h0 = learn_h0
-        self.scan_impl = check_scan_impl(scan_impl)
+    @dataclass
+    class Options:  # the module docstring says what each does
+        expansion: float = 1.5
+        dropout: Optional[float] = None  # None: the owner's (a decision agent's dropout); 0 alone
+        conv_kernel: int = 0
+        conv_layout: str = "branch"
+        learn_h0: bool = False
+        scan_impl: str = "auto"
+        norm: str = "layernorm"
+
+        def __post_init__(self):
+            positive_number("expansion", self.expansion)
+            if self.dropout is not None:
+                probability("dropout", self.dropout)
+            non_negative_int("conv_kernel", self.conv_kernel)
+            one_of("conv_layout", self.conv_layout, CONV_LAYOUTS)
+            flag("learn_h0", self.learn_h0)
+            check_scan_impl(self.scan_impl)
+            one_of("norm", self.norm, NORMS)
+
+    @classmethod
+    def check_shape(cls, d_model: int, n_layers: int, options) -> None:
+        super().check_shape(d_model, n_layers, options)
+        if round(options.expansion * d_model) < 1:
+            raise ValueError(f"expansion * d_model must round to at least 1; got {options.expansion} * {d_model}")
+
+    def __init__(self, d_model: int, n_layers: int, options: "MinRNNBackbone.Options | None" = None):
+        super().__init__(d_model, n_layers, options)
+        o = self.options
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        self.d_hidden = d_hidden = round(o.expansion * d_model)
+        self.conv_kernel = o.conv_kernel
+        self.conv_layout = o.conv_layout
+        self.learn_h0 = o.learn_h0
+        self.scan_impl = o.scan_impl
+        dropout = 0.0 if o.dropout is None else float(o.dropout)
         self.blocks = nn.ModuleList(
-            MinRNNBlock(cell, d_model, d_hidden, check_dropout(dropout), conv_kernel, conv_layout, learn_h0,
-                        scan_impl, norm)
+            MinRNNBlock(self.cell, d_model, d_hidden, dropout, o.conv_kernel, o.conv_layout, o.learn_h0,
+                        o.scan_impl, o.norm)
             for _ in range(n_layers)
         )
-        self.norm = make_norm(norm, d_model)
+        self.norm = make_norm(o.norm, d_model)
 
     @property
     def _per_layer(self) -> int:
@@ -273,12 +271,10 @@ class MinRNNBackbone(nn.Module):
 class MinGRUBackbone(MinRNNBackbone):
     """Stacked minGRU blocks (see :class:`MinRNNBackbone`)."""
 
-    def __init__(self, d_model: int, n_layers: int, **options):
-        super().__init__("mingru", d_model, n_layers, **options)
+    cell = "mingru"
 
 
 class MinLSTMBackbone(MinRNNBackbone):
     """Stacked minLSTM blocks (see :class:`MinRNNBackbone`)."""
 
-    def __init__(self, d_model: int, n_layers: int, **options):
-        super().__init__("minlstm", d_model, n_layers, **options)
+    cell = "minlstm"

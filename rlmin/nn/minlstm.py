@@ -17,7 +17,7 @@ i' = sigmoid(d) exactly; that is how both paths compute them (no division, no 1 
 * anything else: a = sigmoid(-d), b = sigmoid(d) * g(h~) (by :func:`rlmin.nn.fused.scan_coefficients`,
   fused, with d = logsigmoid(i~) - logsigmoid(f~)), solved by :func:`rlmin.nn.scan.scan`.
 
-Inputs are checked as for minGRU (:func:`rlmin.nn.mingru.check_layer_input`), and dtypes follow it too:
+Inputs are checked as for minGRU (:func:`rlmin.nn.common.check_layer_input`), and dtypes follow it too:
 bf16/fp16 pre-activations are upcast to float32 (gates, scan and state in float32), h comes back in
 x's dtype. ``step`` is the plain recurrence.
 """
@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
-from rlmin.nn.mingru import (check_layer_input, check_scan_impl, check_size, g, log_g, preactivations,
-                              state_at)
+from rlmin.checks import positive_int
+from rlmin.nn.base import ScanLayer
+from rlmin.nn.common import check_layer_input, check_scan_impl, g, log_g, preactivations, state_at
 from rlmin.nn.scan import scan, scan_log_h0, scan_reference
 
 
-class MinLSTM(nn.Module):
+class MinLSTM(ScanLayer):
     """One minLSTM layer: ``forward(x[B,T,d_in], h0=None) -> (h[B,T,d_hidden], h_last[B,d_hidden])``.
 
     Parameters: one ``Linear(d_in, 3 * d_hidden)``, i.e. exactly ``3 * d_hidden * (d_in + 1)``.
@@ -43,8 +44,8 @@ class MinLSTM(nn.Module):
 
     def __init__(self, d_in: int, d_hidden: int, scan_impl: str = "auto"):
         super().__init__()
-        self.d_in = check_size("d_in", d_in)
-        self.d_hidden = check_size("d_hidden", d_hidden)
+        self.d_in = positive_int("d_in", d_in)
+        self.d_hidden = positive_int("d_hidden", d_hidden)
         self.scan_impl = check_scan_impl(scan_impl)
         self.linear = nn.Linear(d_in, 3 * d_hidden)  # [f~ | i~ | h~]
 

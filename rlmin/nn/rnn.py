@@ -16,28 +16,36 @@ import contextlib
 import torch
 from torch import nn
 
-from rlmin.nn.blocks import check_dropout
-from rlmin.nn.mingru import check_lengths, check_size
+from dataclasses import dataclass
+from typing import Optional
+
+from rlmin.checks import probability
+from rlmin.nn.base import Backbone
+from rlmin.nn.common import check_lengths
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 
-class RNNBackbone(nn.Module):
+class RNNBackbone(Backbone):
     """torch.nn.GRU or nn.LSTM with ``forward(x, state=None)``, ``step`` and ``initial_state``."""
 
-    recurrent = True
-    OPTIONS = {"dropout": 0.0}
+    cell = ""  # "gru" | "lstm": set by the subclass
 
-    def __init__(self, cell: str, d_model: int, n_layers: int, dropout: float = 0.0):
-        super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {cell!r}")
-        self.cell = cell
-        self.d_model = check_size("d_model", d_model)
-        self.n_layers = check_size("n_layers", n_layers)
-        dropout = check_dropout(dropout)
-        self.rnn = CELLS[cell](d_model, d_model, n_layers, batch_first=True,
-                               dropout=dropout if n_layers > 1 else 0.0)
+    @dataclass
+    class Options:
+        dropout: Optional[float] = None  # between layers; None: the owner's (an agent's), 0 alone
+
+        def __post_init__(self):
+            if self.dropout is not None:
+                probability("dropout", self.dropout)
+
+    def __init__(self, d_model: int, n_layers: int, options: "RNNBackbone.Options | None" = None):
+        super().__init__(d_model, n_layers, options)
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        dropout = 0.0 if self.options.dropout is None else float(self.options.dropout)
+        self.rnn = CELLS[self.cell](d_model, d_model, n_layers, batch_first=True,
+                                    dropout=dropout if n_layers > 1 else 0.0)
 
     def initial_state(self, batch_size: int, device=None) -> tuple[torch.Tensor, ...]:
         w = self.rnn.weight_ih_l0
@@ -88,10 +96,8 @@ class RNNBackbone(nn.Module):
 
 
 class GRUBackbone(RNNBackbone):
-    def __init__(self, d_model: int, n_layers: int, **options):
-        super().__init__("gru", d_model, n_layers, **options)
+    cell = "gru"
 
 
 class LSTMBackbone(RNNBackbone):
-    def __init__(self, d_model: int, n_layers: int, **options):
-        super().__init__("lstm", d_model, n_layers, **options)
+    cell = "lstm"

@@ -44,7 +44,8 @@ from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from rlmin.nn.scan import _apply_opaque, _check
+from rlmin.errors import TritonScanError
+from rlmin.nn.scan_checks import _apply_opaque, _check
 
 # Timesteps per tile (a power of 2), by accumulator: the largest that compiles for sm_90 without
 # (or, fp32 forward, with a handful of) register spills, read off the SASS. Not tuned on a GPU yet:
@@ -55,10 +56,6 @@ CT_ENV_FWD, CT_ENV_BWD = "RLMIN_TRITON_CT_FWD", "RLMIN_TRITON_CT_BWD"
 CT_RANGE = (2, 128)  # tl.arange needs a power of 2; larger tiles only spill more registers
 
 WAY_AROUND = "agent.backbone_options.scan_impl=sequential"
-
-
-class TritonScanError(RuntimeError):
-    """The Triton scan kernel could not be compiled or launched on this machine (one-line message)."""
 
 
 @triton.jit

@@ -12,12 +12,13 @@ given inputs the decision agent has already normalised and dropped out (DT's ``e
 (DT's GPT-2: -1e4, which softmax turns into the same exact zeros), and padding lies to the right of a
 window (causal, so ignored) instead of DT's left padding with an attention mask.
 
-Options, each of DT's choices with its variation (see :data:`TransformerBackbone.OPTIONS`):
+Options, each of DT's choices with its variation (:class:`TransformerBackbone.Options`):
 
 ``n_heads`` (1): attention heads (DT's gym default).
-``dropout`` (0.1): on the attention weights and at the end of both residual branches (GPT-2's
+``dropout`` (None: the owning agent's dropout, DT's 0.1; 0.1 for a backbone built alone): on the attention weights and at the end of both residual branches (GPT-2's
     attn_pdrop and resid_pdrop; DT passes its ``dropout`` to both).
-``context`` (60): the most positions one forward sees (3 tokens x DT's K=20 steps).
+``context`` (None: the owning agent's window, e.g. 3 tokens x K=20 steps = 60 as DT's; 60 for a
+    backbone built alone): the most positions one forward sees.
 ``position_embedding`` (False): a learned absolute position embedding over the window (GPT-2's
     ``wpe``, N(0, 0.02)); DT removes it and has only the agent's timestep embedding.
 ``input_dropout`` (0.0): dropout on the inputs (GPT-2's ``drop``); DT's is the agent's embedding
@@ -50,8 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmin.nn.blocks import ACTIVATIONS, MLP, check_dropout
-from rlmin.nn.mingru import check_size
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from rlmin.checks import flag, one_of, positive_int, probability
+from rlmin.nn.base import Backbone
+from rlmin.nn.blocks import ACTIVATIONS, MLP
 
 INITS = ("dt", "gpt2", "torch")
 
@@ -87,37 +92,63 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class TransformerBackbone(nn.Module):
+class TransformerBackbone(Backbone):
     """Causal transformer over at most ``context`` positions; see the module docstring."""
 
     recurrent = False
-    OPTIONS = {"n_heads": 1, "dropout": 0.1, "context": 60, "position_embedding": False,
-               "input_dropout": 0.0, "activation": "relu", "init": "dt"}
+    ALONE = {"dropout": 0.1, "context": 60}  # what an option left to the owner is without one (DT's)
 
-    def __init__(self, d_model: int, n_layers: int, n_heads: int = 1, dropout: float = 0.1, context: int = 60,
-                 position_embedding: bool = False, input_dropout: float = 0.0, activation: str = "relu",
-                 init: str = "dt"):
-        super().__init__()
-        self.d_model = check_size("d_model", d_model)
-        self.n_layers = check_size("n_layers", n_layers)
-        self.context = check_size("context", context)
-        check_size("n_heads", n_heads)
-        if d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model; got n_heads={n_heads}, d_model={d_model}")
-        if not isinstance(position_embedding, bool):
-            raise ValueError(f"position_embedding must be True or False; got {position_embedding!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
-        self.n_heads = n_heads
-        dropout = check_dropout(dropout)
-        self.pos = nn.Parameter(torch.zeros(context, d_model)) if position_embedding else None
-        self.drop = nn.Dropout(check_dropout(input_dropout))
+    @dataclass
+    class Options:  # the module docstring says what each does
+        n_heads: int = 1
+        dropout: Optional[float] = None
+        context: Optional[int] = None
+        position_embedding: bool = False
+        input_dropout: float = 0.0
+        activation: str = "relu"
+        init: str = "dt"
+
+        def __post_init__(self):
+            positive_int("n_heads", self.n_heads)
+            if self.dropout is not None:
+                probability("dropout", self.dropout)
+            if self.context is not None:
+                positive_int("context", self.context)
+            flag("position_embedding", self.position_embedding)
+            probability("input_dropout", self.input_dropout)
+            one_of("activation", self.activation, ACTIVATIONS)
+            one_of("init", self.init, INITS)
+
+    @classmethod
+    def check_shape(cls, d_model: int, n_layers: int, options) -> None:
+        super().check_shape(d_model, n_layers, options)
+        if d_model % options.n_heads:
+            raise ValueError(f"n_heads must divide d_model; got n_heads={options.n_heads}, d_model={d_model}")
+
+    @classmethod
+    def for_owner(cls, options, dropout: float, window_tokens: int):
+        """Also the context: the owner's window of ``window_tokens`` unless set, and never shorter."""
+        options = super().for_owner(options, dropout, window_tokens)
+        if options.context is None:
+            return replace(options, context=window_tokens)
+        if options.context < window_tokens:
+            raise ValueError(f"backbone_options.context={options.context} is shorter than the "
+                             f"{window_tokens} tokens of the agent's window; leave it unset or raise it")
+        return options
+
+    def __init__(self, d_model: int, n_layers: int, options: "TransformerBackbone.Options | None" = None):
+        super().__init__(d_model, n_layers, options)
+        o = self.options
+        self.context = context = self.ALONE["context"] if o.context is None else o.context
+        self.n_heads = n_heads = o.n_heads
+        dropout = self.ALONE["dropout"] if o.dropout is None else float(o.dropout)
+        activation = o.activation
+        self.pos = nn.Parameter(torch.zeros(context, d_model)) if o.position_embedding else None
+        self.drop = nn.Dropout(o.input_dropout)
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, dropout, activation) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
-        if init != "torch":
-            self._init(init)
+        if o.init != "torch":
+            self._init(o.init)
 
     def _init(self, init: str) -> None:
         for m in self.modules():
