@@ -17,8 +17,8 @@ from torch import nn
 from agents.decision_acting import DecisionActing
 from rlmin.agent import Agent, Batch
 from rlmin.checks import flag, positive_int, positive_number, probability
-from rlmin.nn import backbone_class, is_recurrent
 from rlmin.errors import OptionError
+from rlmin.nn import backbone_class, is_recurrent
 from rlmin.options import typed
 from rlmin.spec import DataSpec
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from rlmin.agent import State
-from rlmin.nn import reference_scans, reset_rows
 from rlmin.checks import positive_int
+from rlmin.nn import reference_scans, reset_rows
 from rlmin.step_protocol import FIXED_STATE, UPDATED_STATE, begin_step, check_reward, end_step, restart
 
 _BACKBONE_KEY = "backbone."  # state keys of the carried backbone state: "backbone.0", "backbone.1", ...

@@ -59,7 +59,6 @@ from rlmin.data.minari_io import (
     dataset_dir,
     dataset_status,
     is_local,
-    list_local,
     read_metadata,
     write_metadata,
 )
@@ -308,7 +307,7 @@ def _collect(task: Task, dataset_id: str, segments: list[Segment], *, seed: int,
                       disable=not progress, mininterval=1.0) as bar:
                 for segment in segments:
                     returns, ep_return, done = [], 0.0, True
-                    for t in range(segment.n_steps):
+                    for _ in range(segment.n_steps):
                         if done:
                             obs, _ = collector.reset(seed=int(reset_seeds.integers(2**31)))
                         action = env.action_space.sample() if segment.act is None \
@@ -617,7 +616,21 @@ def _base_recipe(task: Task, level: str, n_steps, seed, max_episode_steps) -> di
     return {"builder": "envs.builder.build_dataset", "task": task.name, "env_id": task.env_id,
             "level": level, "n_steps": n_steps, "seed": seed,
             "max_episode_steps": max_episode_steps or task.max_episode_steps,
-            "versions": _versions()}
+            "versions": _versions(), "cpu": _cpu_paths()}
+
+
+# The behaviour actor's float32 matmuls run through MKL/oneDNN kernels chosen per CPU, and MuJoCo
+# turns their last-bit differences into other episodes: the same recipe on an AVX-512 Intel and an
+# AVX2 AMD CPU gave other data (docs/DATASETS.md). These settings pick the kernels, so they are kept.
+_ISA_SETTINGS = ("MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def _cpu_paths() -> dict:
+    import os
+
+    from rlmin.machine import cpu_model
+
+    return {"model": cpu_model(), **{k: os.environ[k] for k in _ISA_SETTINGS if k in os.environ}}
 
 
 def build_dataset(env_name: str, level: str, n_steps: int | None = None,

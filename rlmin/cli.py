@@ -177,8 +177,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_data_build(args) -> int:
-    from rlmin.data.minari_io import (BuildLockedError, describe_dataset, load_minari,
-                                      reference_note)
+    from rlmin.data.minari_io import BuildLockedError, describe_dataset, load_minari, reference_note
     from rlmin.registry import RegistryError, load_builder
 
     if args.steps is not None and args.steps <= 0:

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlmin.data.sampler import DEFAULT_SEQ_LEN
+from rlmin.data.sampler import MODES as SAMPLING_MODES
 from rlmin.errors import ConfigError
 
 
@@ -32,7 +34,7 @@ class DataConfig:
     # "segment": K-step segments, as DT trains; "episode": whole episodes from their first step.
     mode: str = "segment"
     # K for segments (also the agent's window); the maximum length for whole episodes.
-    seq_len: int = 20
+    seq_len: int = DEFAULT_SEQ_LEN["segment"]
     # Segment mode: also give each batch up to this many steps that precede its segments, so a
     # recurrent agent starts them from the state carry acting would have (0: off).
     burn_in: int = 0
@@ -111,7 +113,7 @@ class Config:
 
 
 _CHOICES = {
-    "data.mode": ("segment", "episode"),
+    "data.mode": SAMPLING_MODES,
     "train.weight_decay_scope": ("matrices", "all"),
     "train.lr_schedule": ("constant", "cosine", "linear"),
 }

@@ -22,7 +22,6 @@ How episodes are run (so that numbers are comparable and reproducible):
 from __future__ import annotations
 
 import contextlib
-
 import math
 import warnings
 from pathlib import Path
@@ -351,7 +350,7 @@ def load_actor(path, mode: str | None = None):
     checkpoint, a run dir (its latest checkpoint) or an exported policy (.pt, or .onnx run by ONNX
     Runtime), checked for acting ``mode`` (None: the agent's own). The agent acts in that mode
     inside ``with agent.acting(mode)`` (an ONNX policy: always carry)."""
-    from rlmin.policy import load_payload, agent_from_payload
+    from rlmin.policy import agent_from_payload, load_payload
 
     if Path(path).suffix == ".onnx":
         return _load_onnx(Path(path), mode)

@@ -67,10 +67,28 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from rlmin.errors import ReproError
-from rlmin.gridrun import (COMMAND_FILE, DRIVER_LOG, FAILED_FILE, GRID_FILE, LOG_FILE, RESULTS,
-                           SUBMITIT_DIR, GridOutcome, Run, SubprocessRunner, _env_prefix,
-                           available_cores, begin_attempt, finish_attempt, lock_holder,
-                           prepare_datasets, read_failure, report_attempt, results_problem, triage)
+from rlmin.gridrun import (
+    COMMAND_FILE,
+    DRIVER_LOG,
+    FAILED_FILE,
+    GRID_FILE,
+    LOG_FILE,
+    RESULTS,
+    SUBMITIT_DIR,
+    GridOutcome,
+    Run,
+    SubprocessRunner,
+    _env_prefix,
+    available_cores,
+    begin_attempt,
+    finish_attempt,
+    lock_holder,
+    prepare_datasets,
+    read_failure,
+    report_attempt,
+    results_problem,
+    triage,
+)
 from rlmin.paths import CONFIG_ROOT
 from rlmin.report import report
 

@@ -37,8 +37,19 @@ from typing import Callable, Mapping, Sequence
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from rlmin.errors import ReproError
-from rlmin.gridrun import (LOG_FILE, SUBMITIT_DIR, GridOutcome, Run, available_cores, begin_attempt,
-                           finish_attempt, lock_holder, prepare_datasets, report_attempt, triage)
+from rlmin.gridrun import (
+    LOG_FILE,
+    SUBMITIT_DIR,
+    GridOutcome,
+    Run,
+    available_cores,
+    begin_attempt,
+    finish_attempt,
+    lock_holder,
+    prepare_datasets,
+    report_attempt,
+    triage,
+)
 
 # Between Slurm's USR2 and its kill: the trainer finishes the step (or the evaluation) under way,
 # then saves. DT's protocol evaluates 100 episodes per target, which can take a minute or two.

@@ -28,9 +28,9 @@ import numpy as np
 import onnxruntime as ort
 
 try:
-    from rlmin.step_protocol import PREV_ACTION, RTG, T, TARGET, check_reward, restart
+    from rlmin.step_protocol import PREV_ACTION, RTG, TARGET, T, check_reward, restart
 except ImportError:  # a deployment's copy, beside this file outside the rlmin package
-    from step_protocol import PREV_ACTION, RTG, T, TARGET, check_reward, restart
+    from step_protocol import PREV_ACTION, RTG, TARGET, T, check_reward, restart
 
 FORMAT = "rlmin-onnx-policy-v1"
 METADATA_KEY = "rlmin"

@@ -100,7 +100,8 @@ def plot_first_targets(rows: Sequence[dict], path, columns: int = 3) -> bool:
             ax.axhline(behaviour, color="black", ls="--", lw=0.8)
         ax.set_xticks(range(len(labels)), labels, fontsize="small")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(f"{ds}\ntarget {here[next(iter(here))]['target_key']}", fontsize="small")  # two lines: ids are long
+        # two lines: ids are long
+        ax.set_title(f"{ds}\ntarget {here[next(iter(here))]['target_key']}", fontsize="small")
     fig.suptitle("Normalised last-iterate score (Minari, Gymnasium v5): mean over seeds, 95% "
                  "bootstrap CI, seeds as dots;\n"
                  "white diamonds: the same checkpoints in another acting "

@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlmin.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, load_latest
 from rlmin.registry import load_agent_class

@@ -15,10 +15,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from rlmin.checkpoint import (TRAINING_KEYS, CheckpointError, checkpoint_dir,
-                              list_checkpoints, load_latest)
+from rlmin.checkpoint import TRAINING_KEYS, CheckpointError, checkpoint_dir, list_checkpoints, load_latest
 from rlmin.errors import OutputError, RunDirError
-
 
 #: Files a run writes beside its checkpoints/ and tb/; only the trainer writes them.
 RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl", "lock", "lock.owner")

@@ -14,8 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-
 from rlmin.checks import positive_int
+from rlmin.data.sampler import DEFAULT_SEQ_LEN
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DataSpec:
     act_dim: int
     obs_mean: Any = None  # [obs_dim] array; None = zeros (no normalisation)
     obs_std: Any = None   # [obs_dim] array; None = ones
-    seq_len: int = 20     # steps of a training segment (the sampler's K, or the episode cap)
+    seq_len: int = DEFAULT_SEQ_LEN["segment"]  # steps of a training segment (the sampler's K, or the episode cap)
     max_episode_steps: int = 1000  # the longest episode an agent must act through
 
     def __post_init__(self):

@@ -26,18 +26,34 @@ import torch
 from torch import nn
 
 from rlmin import config as config_lib
-from rlmin.config import TrainConfig
 from rlmin import distributed as dist_lib
-from rlmin.checkpoint import (TRAINING_KEYS, CheckpointError, atomic_write_bytes,
-                              capture_rng_state, list_checkpoints, load_latest, restore_rng_state,
-                              save_checkpoint)
+from rlmin.checkpoint import (
+    TRAINING_KEYS,
+    CheckpointError,
+    atomic_write_bytes,
+    capture_rng_state,
+    list_checkpoints,
+    load_latest,
+    restore_rng_state,
+    save_checkpoint,
+)
+from rlmin.config import TrainConfig
 from rlmin.data.resolve import LoadedDataset, load_dataset_for
 from rlmin.errors import TrainingError
 from rlmin.evaluate import DEFAULT_MAX_ENVS, EvaluationStopped, check_evaluation, evaluate
 from rlmin.interrupts import GracefulStop, StopRequested
 from rlmin.policy import agent_payload
-from rlmin.rundir import (NO_CHECKPOINT, RunDirError, RunLock, check_new, check_writable,
-                          holds_run, nothing_to_resume, read_results, unloadable)
+from rlmin.rundir import (
+    NO_CHECKPOINT,
+    RunDirError,
+    RunLock,
+    check_new,
+    check_writable,
+    holds_run,
+    nothing_to_resume,
+    read_results,
+    unloadable,
+)
 from rlmin.runlog import RunLog
 from rlmin.spec import EvalSpec
 
@@ -575,10 +591,10 @@ def step_memory(agent, sampler, rows: int, device, autocast=nullcontext()) -> in
         batch = to_device({k: v[:, :n] for k, v in full.items()}, device)
         kept: dict[int, int] = {}
 
-        def pack(t):
+        def pack(t):  # runs inside this iteration's forward only, so the loop's `kept` is the one
             storage = t.untyped_storage()
             if storage.data_ptr() not in fixed:
-                kept[storage.data_ptr()] = storage.nbytes()
+                kept[storage.data_ptr()] = storage.nbytes()  # noqa: B023
             return t
 
         with torch.random.fork_rng(devices=cuda), autocast, \

@@ -107,7 +107,7 @@ def record_episode(agent, spec, out: str | Path, *, target_return: float, seed: 
         kw = {"fps": fps, "macro_block_size": 8} if out.suffix.lower() == ".mp4" else \
              {"duration": 1000.0 / fps, "loop": 0}
         with imageio.get_writer(tmp, **kw) as writer:
-            writer.append_data(_overlay(first, f"step 0  return 0"))
+            writer.append_data(_overlay(first, "step 0  return 0"))
             frames += 1
             state, reward = agent.reset(1, target_return), None
             while True:

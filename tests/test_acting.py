@@ -235,44 +235,27 @@ def test_onnx_policy_metadata_and_api(exported):
         onnx_policy.act(np.zeros((3, OBS)), np.zeros(3))
 
 
-def test_onnx_policy_runs_without_torch(exported, tmp_path):
-    """rlmin.onnx_policy imports numpy and onnxruntime only: it runs with torch made unimportable."""
-    torch_policy, _, path = exported["minlstm"]
-    expected = run_policy(torch_policy, 2, 20, seed=5)
-    np.savez(tmp_path / "stream.npz", *stream(2, 20, seed=5))
-    code = f"""
-import json, sys
-sys.modules["torch"] = None  # any `import torch` now raises ImportError
-sys.path.insert(0, {str(REPO)!r})
-import numpy as np
-from rlmin.onnx_policy import OnnxPolicy
-obs, rewards, done = np.load({str(tmp_path / "stream.npz")!r}).values()
-policy = OnnxPolicy.load({str(path)!r})
-policy.reset(2)
-out = [policy.act(obs[t], None if t == 0 else rewards[t - 1], done[t] if t else None).tolist()
-       for t in range(len(obs))]
-print(json.dumps(out))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_allclose(np.array(json.loads(proc.stdout)), expected, rtol=0, atol=1e-5)
-
-
-def test_onnx_policy_runs_from_two_copied_files(exported, tmp_path):
-    """A deployment copies onnx_policy.py and step_protocol.py beside its code, without rlmin."""
+@pytest.mark.parametrize("copied", [False, True], ids=["in-the-repo", "two-copied-files"])
+def test_onnx_policy_runs_without_torch(exported, tmp_path, copied):
+    """rlmin.onnx_policy imports numpy and onnxruntime only: it runs with torch made unimportable,
+    and from onnx_policy.py and step_protocol.py copied beside a deployment's code, without rlmin."""
     import shutil
 
-    torch_policy, _, path = exported["mingru"]
-    expected = run_policy(torch_policy, 2, 20, seed=6)
-    np.savez(tmp_path / "stream.npz", *stream(2, 20, seed=6))
-    for name in ("onnx_policy.py", "step_protocol.py"):
-        shutil.copy(REPO / "rlmin" / name, tmp_path / name)
+    torch_policy, _, path = exported["minlstm" if not copied else "mingru"]
+    expected = run_policy(torch_policy, 2, 20, seed=5)
+    np.savez(tmp_path / "stream.npz", *stream(2, 20, seed=5))
+    if copied:
+        for name in ("onnx_policy.py", "step_protocol.py"):
+            shutil.copy(REPO / "rlmin" / name, tmp_path / name)
+    blocked, where, module = (("torch", "rlmin"), tmp_path, "onnx_policy") if copied else \
+        (("torch",), REPO, "rlmin.onnx_policy")
     code = f"""
 import json, sys
-sys.modules["torch"] = sys.modules["rlmin"] = None  # neither is importable now
-sys.path.insert(0, {str(tmp_path)!r})
+for name in {blocked!r}:
+    sys.modules[name] = None  # any import of it now raises ImportError
+sys.path.insert(0, {str(where)!r})
 import numpy as np
-from onnx_policy import OnnxPolicy
+from {module} import OnnxPolicy
 obs, rewards, done = np.load({str(tmp_path / "stream.npz")!r}).values()
 policy = OnnxPolicy.load({str(path)!r})
 policy.reset(2)

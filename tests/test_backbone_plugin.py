@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from agents.decision import DecisionAgent
+from rlmin import registry
 from rlmin.checks import probability
 from rlmin.config import agent_options, load_config
-from rlmin import registry
 from rlmin.nn import backbone_class, build_backbone, register_backbone
 from rlmin.nn.base import Backbone
 from rlmin.spec import DataSpec

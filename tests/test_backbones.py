@@ -335,7 +335,8 @@ def test_options_are_typed_dataclasses():
 
 @pytest.mark.parametrize("call,match", [
     (lambda: build_backbone("mamba", 16, 2), r"unknown backbone 'mamba'.*mingru, minlstm, transformer, gru, lstm"),
-    (lambda: build_backbone("mingru", 16, 2, heads=2), r"\['heads'\] is not an option of backbone 'mingru'.*expansion.*conv_kernel"),
+    (lambda: build_backbone("mingru", 16, 2, heads=2),
+     r"\['heads'\] is not an option of backbone 'mingru'.*expansion.*conv_kernel"),
     (lambda: build_backbone("gru", 16, 2, expansion=2), r"\['expansion'\] is not an option of backbone 'gru'.*dropout"),
     (lambda: build_backbone("transformer", 16, 2, conv_kernel=3), r"\['conv_kernel'\] is not an option.*n_heads"),
     (lambda: build_backbone("mingru", 0, 2), r"d_model must be a positive integer; got 0"),
@@ -464,7 +465,8 @@ def test_fused_layer_matches_plain_torch_layer(layer_cls, with_h0, dtype, B, T, 
     got = _layer_value_and_grads(lambda x, h0: layer(x, h0)[0], layer, x, h0, w)
     want = _layer_value_and_grads(lambda x, h0: _plain_layer(layer, x, h0), layer, x, h0, w)
     for name, a, b in zip(("h", "x", "weight", "bias", "h0"), got, want):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item(), msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
     with torch.no_grad():  # step mode == forward
         hs = torch.zeros(B, 20, dtype=dtype) if h0 is None else h0
         for t in range(T):

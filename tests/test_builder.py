@@ -23,8 +23,7 @@ import pytest
 import torch
 
 import envs.builder as builder
-from envs.behaviour import (SHIPPED_POLICIES_DIR, GaussianActor, load_actor, save_actor,
-                             weights_digest)
+from envs.behaviour import SHIPPED_POLICIES_DIR, GaussianActor, load_actor, save_actor, weights_digest
 from rlmin import cli
 from rlmin.data import DatasetNotFoundError, SegmentSampler, from_minari, load_minari
 from rlmin.data.minari_io import (

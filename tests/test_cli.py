@@ -10,19 +10,18 @@ import math
 import os
 import shutil
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads_kept
 
 from rlmin import cli
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
 from rlmin.config import ConfigError, load_config
-
-from conftest import torch_threads_kept
 
 
 @pytest.fixture

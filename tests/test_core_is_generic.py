@@ -107,16 +107,6 @@ def build(cfg):
                      "string 'transformer'"}, found
 
 
-@pytest.mark.parametrize("name", CORE)
-def test_core_module_names_no_agent(name):
-    path = ROOT / "rlmin" / name
-    if not path.exists():
-        pytest.skip(f"rlmin/{name} does not exist (any more)")
-    hits = special_cases(path.read_text())
-    assert not hits, f"rlmin/{name} names an agent or backbone in its code: " + "; ".join(
-        f"line {line}: {what}" for line, what in hits)
-
-
 # ----------------------------------------------------------------------------- reach
 OUTSIDE = ("agents", "envs")  # packages the core never imports
 PROBES = ("hasattr", "getattr", "setattr")
@@ -185,10 +175,11 @@ def export(agent):
 
 
 @pytest.mark.parametrize("name", CORE)
-def test_core_module_reaches_no_agent_internals(name):
+def test_core_module_names_no_agent_and_reaches_no_agent_internals(name):
     path = ROOT / "rlmin" / name
     if not path.exists():
         pytest.skip(f"rlmin/{name} does not exist (any more)")
-    hits = reaches_into_agents(path.read_text(), *agent_attributes())
-    assert not hits, f"rlmin/{name} reaches past the Agent interface: " + "; ".join(
-        f"line {line}: {what}" for line, what in hits)
+    code = path.read_text()
+    for what, hits in (("names an agent or backbone in its code", special_cases(code)),
+                       ("reaches past the Agent interface", reaches_into_agents(code, *agent_attributes()))):
+        assert not hits, f"rlmin/{name} {what}: " + "; ".join(f"line {line}: {w}" for line, w in hits)

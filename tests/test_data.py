@@ -6,6 +6,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import TINY_MAX_STEPS, TINY_MIN_EPISODES, TINY_REF
 
 from rlmin import registry
 from rlmin.data import (
@@ -19,8 +20,6 @@ from rlmin.data import (
 )
 from rlmin.scores import normalized_score, reference_scores
 from rlmin.task import Task, get_task, list_tasks, resolve_dataset
-
-from conftest import TINY_MAX_STEPS, TINY_MIN_EPISODES, TINY_REF
 
 
 def _episode(rewards, obs_dim=2, act_dim=1, obs_value=None, **extra):

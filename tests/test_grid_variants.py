@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_repro import FakeRunner
 
 from rlmin import grid
-
-from test_repro import FakeRunner
 
 
 def _grid_file(tmp_path, body: str):

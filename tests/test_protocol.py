@@ -9,13 +9,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_REF
 
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
 from rlmin.config import ConfigError, TrainConfig, load_config
 from rlmin.policy import agent_from_payload, export_policy, load_payload
 from rlmin.train import WeightAverage, build_scheduler, lr_factor, train
-
-from conftest import TINY_REF
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads_kept
 
 from rlmin import cli
-from rlmin.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from rlmin.checkpoint import list_checkpoints
 from rlmin.config import ConfigError
 from rlmin.train import train
-
-from conftest import torch_threads_kept
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlmin import grid
-from rlmin import report
+from rlmin import grid, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -351,7 +350,7 @@ def test_window_evaluations_of_the_final_checkpoints_are_reported_beside_carry(t
         write_run(run, res, losses=())
         (run / "eval").mkdir()
 
-        def ev(name, score, step=1500, episodes=10, mode="window"):
+        def ev(name, score, step=1500, episodes=10, mode="window", run=run):
             (run / "eval" / name).write_text(json.dumps({
                 "seed": 10000, "episodes": episodes, "agent": {"act_mode": mode},
                 "checkpoint": {"step": step}, "targets": {"3600": {"normalized_mean": score}}}))

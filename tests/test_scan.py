@@ -42,7 +42,7 @@ def _assert_same(got, want, rtol=1e-7, atol=1e-9):
         if y is None:
             assert x is None, name
             continue
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _assert_close_to_scale(got, want, tol):
@@ -53,7 +53,7 @@ def _assert_close_to_scale(got, want, tol):
             assert x is None, name
             continue
         torch.testing.assert_close(x.double(), y, rtol=0, atol=tol * max(y.abs().max().item(), 1.0),
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _log_path(a, b, h0):

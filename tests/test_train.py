@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_EVAL_STEPS as EVAL_STEPS
 
 from rlmin.checkpoint import list_checkpoints, load_checkpoint
 from rlmin.config import ConfigError
@@ -19,8 +20,6 @@ from rlmin.data.minari_io import DatasetNotFoundError
 from rlmin.policy import agent_from_payload
 from rlmin.rundir import RunDirError
 from rlmin.train import TrainingError, build_optimizer, train
-
-from conftest import TINY_EVAL_STEPS as EVAL_STEPS
 
 HOPPER_OBS, HOPPER_ACT = 11, 3
 

@@ -24,7 +24,7 @@ def make(d=16, n_layers=3, context=24, **options):
     torch.manual_seed(0)
     model = build_backbone("transformer", d, n_layers, context=context, dropout=0.0, **options).double().eval()
     with torch.no_grad():  # move LayerNorms and biases off their init, so that a misplaced one shows
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from rlmin.data.minari_io import BEHAVIOUR_RETURN_KEY
 from rlmin.errors import DataError
-
 
 #: Floor for the per-feature observation std, so constant features do not divide by zero.
 STD_FLOOR = 1e-6

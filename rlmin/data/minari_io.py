@@ -30,8 +30,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rlmin.errors import (BadDatasetError, BuildLockedError, DatasetNotFoundError,
-                          IncompleteDatasetError)
+from rlmin.errors import BadDatasetError, BuildLockedError, DatasetNotFoundError, IncompleteDatasetError
 
 _ID_RE = re.compile(r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$")
 #: Metadata key (beside Minari's own) where rlmin stores the mean episode return of the data.

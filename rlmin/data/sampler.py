@@ -37,11 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 from rlmin.checks import positive_int
-
 from rlmin.data.episodes import EpisodeData
 
 MODES = ("segment", "episode")
-DEFAULT_SEQ_LEN = {"segment": 20, "episode": 1000}
+DEFAULT_SEQ_LEN = {"segment": 20, "episode": 1000}  # DT's K; D4RL's episode cap (the one home of both)
 
 
 class SegmentSampler:

@@ -32,13 +32,13 @@ import dataclasses
 import torch
 from torch import nn
 
+from rlmin import registry
 from rlmin.nn.base import Backbone, ScanLayer
 from rlmin.nn.blocks import MinGRUBackbone, MinLSTMBackbone, MinRNNBackbone
 from rlmin.nn.mingru import MinGRU
 from rlmin.nn.minlstm import MinLSTM
 from rlmin.nn.rnn import GRUBackbone, LSTMBackbone, RNNBackbone
 from rlmin.nn.transformer import TransformerBackbone
-from rlmin import registry
 from rlmin.options import typed
 
 BACKBONES: dict[str, type[Backbone]] = {

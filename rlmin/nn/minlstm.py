@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
 from rlmin.checks import positive_int
 from rlmin.nn.base import ScanLayer
 from rlmin.nn.common import check_layer_input, check_scan_impl, g, log_g, preactivations, state_at
+from rlmin.nn.fused import fused_scan_ok, layer_scan, scan_coefficients
 from rlmin.nn.scan import scan, scan_log_h0, scan_reference
 
 

@@ -12,12 +12,11 @@ a caller resets rows with ``torch.where(mask[:, None, None], fresh, old)`` (or
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
-
-from dataclasses import dataclass
-from typing import Optional
 
 from rlmin.checks import probability
 from rlmin.nn.base import Backbone

@@ -24,8 +24,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from rlmin.nn.scan_checks import _apply_opaque, _check
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from rlmin.errors import TritonScanError
 from rlmin.nn.scan_checks import _apply_opaque, _check

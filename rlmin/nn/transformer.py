@@ -15,7 +15,8 @@ window (causal, so ignored) instead of DT's left padding with an attention mask.
 Options, each of DT's choices with its variation (:class:`TransformerBackbone.Options`):
 
 ``n_heads`` (1): attention heads (DT's gym default).
-``dropout`` (None: the owning agent's dropout, DT's 0.1; 0.1 for a backbone built alone): on the attention weights and at the end of both residual branches (GPT-2's
+``dropout`` (None: the owning agent's dropout, DT's 0.1; 0.1 for a backbone built alone): on the
+    attention weights and at the end of both residual branches (GPT-2's
     attn_pdrop and resid_pdrop; DT passes its ``dropout`` to both).
 ``context`` (None: the owning agent's window, e.g. 3 tokens x K=20 steps = 60 as DT's; 60 for a
     backbone built alone): the most positions one forward sees.
@@ -46,13 +47,12 @@ in the state and needs fill + T <= context.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from dataclasses import dataclass, replace
-from typing import Optional
 
 from rlmin.checks import flag, one_of, positive_int, probability
 from rlmin.nn.base import Backbone
