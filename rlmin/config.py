@@ -15,9 +15,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlmin.data.sampler import DEFAULT_SEQ_LEN
-from rlmin.data.sampler import MODES as SAMPLING_MODES
 from rlmin.errors import ConfigError
+from rlmin.spec import DEFAULT_SEQ_LEN, SAMPLING_MODES
 
 
 @dataclass
@@ -280,6 +279,17 @@ def _validate_agent(cfg: DictConfig) -> None:
             agent_class(cfg).check_act_mode(options, cfg.eval.mode)
         except ValueError as e:
             raise ConfigError(f"config key 'eval.mode': {e}") from None
+
+
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for every leaf of a nested dict such as ``to_dict``'s (lists are values)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_dict(cfg: DictConfig) -> dict:

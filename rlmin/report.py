@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rlmin.config import flat_keys
 from rlmin.errors import ReproError
 from rlmin.gridrun import COMMAND_FILE, DRIVER_LOG, GRID_FILE, RESULTS
 
@@ -87,7 +88,7 @@ def read_results(path, planned: dict | None = None) -> dict:
         "ref_source": spec.get("ref_source"), "behaviour_return": ds.get("behaviour_return"),
         "behaviour_normalized": ds.get("behaviour_normalized"),
         "eval_episodes": (res.get("last_iterate") or {}).get("episodes"), "commands": commands,
-        "settings": {k: v for k, v in _flat(cfg).items() if k not in BOOKKEEPING},
+        "settings": {k: v for k, v in flat_keys(cfg).items() if k not in BOOKKEEPING},
         "other_modes": _other_modes(run_dir, res),
         "eval_curves": _eval_curves(res),
         # provenance; older files lack some of it (None then)
@@ -164,15 +165,6 @@ def _best(res: dict, key: str) -> float | None:
     best = ((res.get("best_during_training") or {}).get("targets") or {}).get(key) or {}
     return best.get("normalized_mean")  # files whose history holds no scores
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _planned_runs(out_dir: Path) -> dict[Path, dict]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlmin.checks import positive_int
-from rlmin.data.sampler import DEFAULT_SEQ_LEN
+
+SAMPLING_MODES = ("segment", "episode")  # K-step segments (DT's) or whole episodes from their start
+DEFAULT_SEQ_LEN = {"segment": 20, "episode": 1000}  # DT's K; D4RL's episode cap (their one home)
 
 
 @dataclass(frozen=True)

@@ -190,16 +190,6 @@ RESUMABLE_KEYS = ("train.steps", "train.eval_every", "train.checkpoint_every", "
                   *(f"eval.{f.name}" for f in dataclasses.fields(config_lib.EvalConfig)))
 
 
-def _flat(tree, prefix: str = "") -> dict:
-    """{"a.b": value} for every leaf of a nested dict (lists are values)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
 
 def config_edits(run_dir: Path, saved: dict) -> dict:
     """{key: (checkpoint's value, config.yaml's value)} for every key a hand edit of
@@ -220,7 +210,7 @@ def config_edits(run_dir: Path, saved: dict) -> dict:
             f"again)") from None
     was = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(config_lib.Config),
                                                  OmegaConf.create(saved)), resolve=True)
-    flat_was, flat_now = _flat(was), _flat(edited)
+    flat_was, flat_now = config_lib.flat_keys(was), config_lib.flat_keys(edited)
     return {k: (flat_was.get(k), flat_now.get(k)) for k in sorted(set(flat_was) | set(flat_now))
             if flat_was.get(k) != flat_now.get(k)}
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from rlmin.checks import positive_int
 from rlmin.data.episodes import EpisodeData
+from rlmin.spec import DEFAULT_SEQ_LEN, SAMPLING_MODES
 
-MODES = ("segment", "episode")
-DEFAULT_SEQ_LEN = {"segment": 20, "episode": 1000}  # DT's K; D4RL's episode cap (the one home of both)
+MODES = SAMPLING_MODES
 
 
 class SegmentSampler:
