@@ -107,7 +107,8 @@ def contestants(model: str, folder: Path, threads: int, compile_: bool,
     out = []
 
     def exported(backbone, width, layout="interleaved"):
-        ckpt = save_checkpoint(build_agent(backbone, width, layers, layout), folder / f"{model}-{backbone}-{layout}.ckpt")
+        ckpt = save_checkpoint(build_agent(backbone, width, layers, layout),
+                               folder / f"{model}-{backbone}-{layout}.ckpt")
         pt = export_policy(ckpt, folder / f"{model}-{backbone}-{layout}.pt")
         onnx = int8 = None
         if backbone not in ("transformer", "gru") and device == "cpu":  # the only ONNX contestants
@@ -314,7 +315,8 @@ def main(argv=None) -> dict:
     print()
     for g in checks:
         bound = f"; FLOP ratio {g['flop_ratio']:.1f}x" if g.get("flop_ratio") else ""
-        print(f"{'MET    ' if g['met'] else 'NOT MET'}  {g['goal']}: {g['value']:.3g} (target {g['target']:.3g}{bound})")
+        verdict = "MET    " if g["met"] else "NOT MET"
+        print(f"{verdict}  {g['goal']}: {g['value']:.3g} (target {g['target']:.3g}{bound})")
     if max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs: "
               "other jobs share this machine, so the numbers are only indicative")

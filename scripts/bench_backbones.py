@@ -203,6 +203,7 @@ def gpu_scan_info() -> dict:
     if not triton_available():
         return {"scan": "sequential (triton does not import)", "triton": None, "ct_fwd": None, "ct_bwd": None}
     import triton
+
     from rlmin.nn.scan_triton import tile_sizes
 
     ct_fwd, ct_bwd = tile_sizes(torch.float32)

@@ -33,12 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import BACKBONES, REFERENCE, build_agent, matched_widths, parse_backbones, synthetic_batch
+
 from rlmin.cpu import tune_cpu_allocator
 from rlmin.machine import machine_info, machine_line
 from rlmin.train import build_optimizer, build_scheduler, optimizer_step
-
-from bench_common import (BACKBONES, REFERENCE, build_agent, matched_widths, parse_backbones,
-                          synthetic_batch)
 
 
 def _peak_rss_mb() -> float | None:
@@ -208,7 +207,8 @@ def main(argv=None) -> dict:
               + (f"{ratio:.2f}" if ratio else "-") + " | " + (f"{vs32:.2f}" if vs32 else "-") + " |")
 
     result = {"benchmark": "train", "machine": info, "threads": args.threads,
-              "device": args.device, "quick": args.quick, "configs": "configs/protocols/dt.yaml + configs/backbones/<name>.yaml",
+              "device": args.device, "quick": args.quick,
+              "configs": "configs/protocols/dt.yaml + configs/backbones/<name>.yaml",
               "reference": {"backbone": REFERENCE[0], "d_model": REFERENCE[1]},
               "widths": {b: {"d_model": d, "params": p} for b, (d, p) in widths.items()},
               "rows": rows}

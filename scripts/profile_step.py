@@ -15,12 +15,11 @@ import time
 from collections import defaultdict
 
 import torch
+from bench_common import build_agent, synthetic_batch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from rlmin.machine import machine_info, machine_line
 from rlmin.train import build_optimizer, build_scheduler, optimizer_step
-
-from bench_common import build_agent, synthetic_batch
 
 
 def main(argv=None) -> None:
