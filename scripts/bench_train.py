@@ -73,14 +73,19 @@ def run_case(spec: dict) -> dict:
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                               enabled=spec.get("precision") == "bf16")
 
+    # train.compile: the trainer compiles the loss (forward; backward through AOTAutograd)
+    loss_fn = torch.compile(agent.loss) if spec.get("compiled") else agent.loss
+
     def one_step():  # what `rlmin train` runs per step (rlmin.train.optimizer_step)
         with autocast:
-            loss, _ = agent.loss(batch)
+            loss, _ = loss_fn(batch)
         optimizer_step(agent, loss, opt, sched, cfg.train.grad_clip)
 
+    warmup_start = time.perf_counter()
     for _ in range(spec["warmup"]):
-        one_step()
+        one_step()  # compiled: the first one compiles
     sync()
+    warmup_s = time.perf_counter() - warmup_start
     steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while steps < spec["min_steps"] or time.perf_counter() - start < spec["seconds"]:
         one_step()
@@ -92,7 +97,7 @@ def run_case(spec: dict) -> dict:
     return {**spec, "status": "ok", "params": params, "steps": steps, "elapsed_s": elapsed,
             "steps_per_s": rate, "sequences_per_s": rate * spec["batch"],
             "timesteps_per_s": rate * spec["batch"] * spec["length"],
-            "ms_per_step": 1e3 / rate, "cpu_ms_per_step": 1e3 * cpu / steps,
+            "ms_per_step": 1e3 / rate, "cpu_ms_per_step": 1e3 * cpu / steps, "warmup_s": warmup_s,
             "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -133,6 +138,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="fp32 and/or bf16 (autocast, as train.cpu_amp / train.amp)")
     ap.add_argument("--cases", default="segment,episode", help="segment and/or episode")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time every case with torch.compile of the loss (train.compile), "
+                         "its compile time in the warm-up seconds")
     ap.add_argument("--out", default="runs/bench/train.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -164,46 +172,49 @@ def main(argv=None) -> dict:
     if not names or set(names) - set(every):
         ap.error(f"--cases takes segment and/or episode, got {args.cases!r}")
     cases = [every[c] for c in names]
+    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if args.compile else [])
     rows = []
     for mode, length, batch in cases:
-        for precision in precisions:
+        for precision, compiled in variants:
             for bb in backbones:
                 spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
                         "batch": batch, "threads": args.threads, "device": args.device,
-                        "precision": precision, "seconds": args.seconds,
+                        "precision": precision, "compiled": compiled, "seconds": args.seconds,
                         "min_steps": args.min_steps, "warmup": args.warmup}
                 row = run_case_isolated(spec, args.case_timeout)
                 rows.append(row)
                 status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
                           else row["status"])
-                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {precision} {bb:12s} {status}",
-                      flush=True)
+                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {precision}{' compiled' if compiled else ''} "
+                      f"{bb:12s} {status}", flush=True)
 
-    # ratios side by side in this run: to the transformer, and bf16 to fp32
+    # ratios side by side in this run: to the transformer (same variant), and to eager fp32
     for r in rows:
         same = [o for o in rows if o["mode"] == r["mode"] and o["status"] == "ok"]
-        ref = next((o for o in same if o["backbone"] == "transformer"
-                    and o["precision"] == r["precision"]), None)
+        ref = next((o for o in same if o["backbone"] == "transformer" and o["precision"] == r["precision"]
+                    and o.get("compiled") == r.get("compiled")), None)
         fp32 = next((o for o in same if o["backbone"] == r["backbone"]
-                     and o["precision"] == "fp32"), None)
+                     and o["precision"] == "fp32" and not o.get("compiled")), None)
         if r["status"] == "ok" and ref:
             r["speed_vs_transformer"] = r["steps_per_s"] / ref["steps_per_s"]
         if r["status"] == "ok" and fp32:
             r["speed_vs_fp32"] = r["steps_per_s"] / fp32["steps_per_s"]
 
     print("\n| case | precision | backbone | d_model | params | steps/s | sequences/s | timesteps/s "
-          "| ms/step | CPU ms/step | peak RSS MB | x transformer | x fp32 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ms/step | CPU ms/step | warm-up s | peak RSS MB | x transformer | x eager fp32 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         case = f"{r['mode']} L={r['length']} B={r['batch']}"
+        precision = r["precision"] + (" compiled" if r.get("compiled") else "")
         if r["status"] != "ok":
-            print(f"| {case} | {r['precision']} | {r['backbone']} | {r['d_model']} | - | "
-                  f"{r['status']} | | | | | | | |")
+            print(f"| {case} | {precision} | {r['backbone']} | {r['d_model']} | - | "
+                  f"{r['status']} | | | | | | | | |")
             continue
         ratio, vs32 = r.get("speed_vs_transformer"), r.get("speed_vs_fp32")
-        print(f"| {case} | {r['precision']} | {r['backbone']} | {r['d_model']} | {r['params']:,} | "
+        print(f"| {case} | {precision} | {r['backbone']} | {r['d_model']} | {r['params']:,} | "
               f"{r['steps_per_s']:.2f} | {r['sequences_per_s']:.1f} | {r['timesteps_per_s']:,.0f} | "
-              f"{r['ms_per_step']:.0f} | {r['cpu_ms_per_step']:.0f} | {r['peak_rss_mb'] or float('nan'):.0f} | "
+              f"{r['ms_per_step']:.0f} | {r['cpu_ms_per_step']:.0f} | {r['warmup_s']:.1f} | "
+              f"{r['peak_rss_mb'] or float('nan'):.0f} | "
               + (f"{ratio:.2f}" if ratio else "-") + " | " + (f"{vs32:.2f}" if vs32 else "-") + " |")
 
     result = {"benchmark": "train", "machine": info, "threads": args.threads,
