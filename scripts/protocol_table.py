@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from rlmin import stats
+from rlmin.errors import ReproError
+from rlmin.report import check_fingerprints
 
 TIE = 2.0  # points: differences under this count as ties (the rule's)
 SIMPLER = {("constant", "raw"): 0, ("constant", "ema"): 1, ("cosine", "raw"): 2, ("cosine", "ema"): 3}
@@ -36,6 +38,7 @@ def runs_of(folder: Path) -> list[dict]:
             if not curve:
                 continue
             out.append({"dataset": res["dataset"]["id"], "agent": res["label"], "seed": res["seed"],
+                        "fingerprint": res.get("provenance", {}).get("data_fingerprint"),
                         "schedule": cfg["train"]["lr_schedule"], "weights": weights,
                         "last": curve[-1][1], "best": max(v for _, v in curve),
                         "steps": [s for s, _ in curve], "path": str(path)})
@@ -85,6 +88,12 @@ def main(argv=None) -> int:
     if not runs:
         print(f"protocol_table: no results.json with EMA and raw evaluations under {args.folder}",
               file=sys.stderr)
+        return 2
+    try:  # as `rlmin repro report`: runs of one dataset on different data are never pooled
+        check_fingerprints(list({r["path"]: {"dataset_id": r["dataset"], "fingerprint": r["fingerprint"],
+                                             "run_dir": str(Path(r["path"]).parent)} for r in runs}.values()))
+    except ReproError as e:
+        print(f"protocol_table: {e}", file=sys.stderr)
         return 2
     if args.out and Path(args.out).exists():
         print(f"protocol_table: {args.out} exists; choose another file", file=sys.stderr)

@@ -18,10 +18,12 @@ def table():
     return module
 
 
-def _write(root: Path, dataset: str, agent: str, schedule: str, seed: int, ema: list, raw: list):
+def _write(root: Path, dataset: str, agent: str, schedule: str, seed: int, ema: list, raw: list,
+           fingerprint: str = "f0"):
     history = [{"step": 1000 * (i + 1), "targets": {"100": {"normalized_mean": e}},
                 "raw_targets": {"100": {"normalized_mean": r}}} for i, (e, r) in enumerate(zip(ema, raw))]
     res = {"dataset": {"id": dataset}, "label": agent, "seed": seed,
+           "provenance": {"data_fingerprint": fingerprint},
            "config": {"train": {"lr_schedule": schedule}},
            "last_iterate": {"targets": {"100": {"normalized_mean": ema[-1]}}}, "history": history}
     path = root / dataset / agent / schedule / f"seed{seed}" / "results.json"
@@ -64,3 +66,11 @@ def test_gap_then_score_decide_before_simplicity(tmp_path, table):
 def test_no_runs_is_one_line(tmp_path, table, capsys):
     assert table.main([str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_runs_on_different_data_of_one_dataset_are_not_pooled(tmp_path, table, capsys):
+    _grid(tmp_path, {("constant", "a", s): ([50, 60], [50, 60]) for s in (0, 1)})
+    _write(tmp_path, "a", "mingru", "cosine", 0, [50, 60], [50, 60], fingerprint="f1")  # a rebuild
+    assert table.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not pooled" in err and "fingerprint f0 (2 runs" in err and "fingerprint f1 (1 run," in err
