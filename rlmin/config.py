@@ -68,6 +68,9 @@ class TrainConfig:
     # (AVX-512 BF16, AMX); on an AVX2-only CPU a step ran 16x slower (docs/RESULTS.md).
     cpu_amp: bool = False
     compile: bool = False
+    # Dropout masks from 16 random bits an element, not one float draw (rlmin/nn/dropout.py): a
+    # CPU lever, the same model in expectation with other masks.
+    fast_dropout: bool = False
     # Threads for CPU math; 0 leaves torch's default.
     num_threads: int = 0
     log_every: int = 100

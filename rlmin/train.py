@@ -42,6 +42,7 @@ from rlmin.data.resolve import LoadedDataset, load_dataset_for
 from rlmin.errors import TrainingError
 from rlmin.evaluate import DEFAULT_MAX_ENVS, EvaluationStopped, check_evaluation, evaluate
 from rlmin.interrupts import GracefulStop, StopRequested
+from rlmin.nn.dropout import use_fast_dropout
 from rlmin.policy import agent_payload
 from rlmin.rundir import (
     NO_CHECKPOINT,
@@ -345,6 +346,8 @@ def _train(cfg, run_dir: Path, payload: dict | None, ddp, stop: GracefulStop) ->
     shard = slice(ddp.rank * per_rank, (ddp.rank + 1) * per_rank)
     agent_cls = config_lib.agent_class(cfg)
     agent = agent_cls(data.agent_spec(cfg.data.seq_len), config_lib.agent_options(cfg)).to(device)
+    if cfg.train.fast_dropout:
+        use_fast_dropout(agent)
     optimizer = build_optimizer(agent, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     averager = WeightAverage(agent, cfg.train.ema) if cfg.train.ema else None

@@ -50,6 +50,12 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def _variant(row: dict) -> str:
+    """fp32, bf16, "fp32 compiled", "fp32 fast-dropout", ...: a row's levers."""
+    return (row["precision"] + (" compiled" if row.get("compiled") else "")
+            + (" fast-dropout" if row.get("fast_dropout") else ""))
+
+
 def run_case(spec: dict) -> dict:
     """Time optimizer steps of one (backbone, d_model, L, batch); returns a result row."""
     import torch
@@ -60,6 +66,9 @@ def run_case(spec: dict) -> dict:
     device = spec.get("device", "cpu")
     agent, cfg = build_agent(spec["backbone"], spec["d_model"], spec["length"], device)
     agent.train()
+    if spec.get("fast_dropout"):  # train.fast_dropout: as the trainer does, right after the build
+        from rlmin.nn.dropout import use_fast_dropout
+        use_fast_dropout(agent)
     params = sum(p.numel() for p in agent.parameters())
     opt = build_optimizer(agent, cfg.train)  # the trainer's AdamW, groups and schedule
     sched = build_scheduler(opt, cfg.train.warmup_steps)
@@ -141,6 +150,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true",
                     help="also time every case with torch.compile of the loss (train.compile), "
                          "its compile time in the warm-up seconds")
+    ap.add_argument("--fast-dropout", action="store_true",
+                    help="also time every case with train.fast_dropout (16-bit dropout masks)")
     ap.add_argument("--out", default="runs/bench/train.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -172,29 +183,30 @@ def main(argv=None) -> dict:
     if not names or set(names) - set(every):
         ap.error(f"--cases takes segment and/or episode, got {args.cases!r}")
     cases = [every[c] for c in names]
-    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if args.compile else [])
+    variants = ([(p, False, False) for p in precisions]
+                + ([(p, True, False) for p in precisions] if args.compile else [])
+                + ([(p, False, True) for p in precisions] if args.fast_dropout else []))
     rows = []
     for mode, length, batch in cases:
-        for precision, compiled in variants:
+        for precision, compiled, fast_dropout in variants:
             for bb in backbones:
                 spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
                         "batch": batch, "threads": args.threads, "device": args.device,
-                        "precision": precision, "compiled": compiled, "seconds": args.seconds,
+                        "precision": precision, "compiled": compiled,
+                        "fast_dropout": fast_dropout, "seconds": args.seconds,
                         "min_steps": args.min_steps, "warmup": args.warmup}
                 row = run_case_isolated(spec, args.case_timeout)
                 rows.append(row)
                 status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
                           else row["status"])
-                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {precision}{' compiled' if compiled else ''} "
+                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {_variant(row)} "
                       f"{bb:12s} {status}", flush=True)
 
     # ratios side by side in this run: to the transformer (same variant), and to eager fp32
     for r in rows:
         same = [o for o in rows if o["mode"] == r["mode"] and o["status"] == "ok"]
-        ref = next((o for o in same if o["backbone"] == "transformer" and o["precision"] == r["precision"]
-                    and o.get("compiled") == r.get("compiled")), None)
-        fp32 = next((o for o in same if o["backbone"] == r["backbone"]
-                     and o["precision"] == "fp32" and not o.get("compiled")), None)
+        ref = next((o for o in same if o["backbone"] == "transformer" and _variant(o) == _variant(r)), None)
+        fp32 = next((o for o in same if o["backbone"] == r["backbone"] and _variant(o) == "fp32"), None)
         if r["status"] == "ok" and ref:
             r["speed_vs_transformer"] = r["steps_per_s"] / ref["steps_per_s"]
         if r["status"] == "ok" and fp32:
@@ -205,7 +217,7 @@ def main(argv=None) -> dict:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         case = f"{r['mode']} L={r['length']} B={r['batch']}"
-        precision = r["precision"] + (" compiled" if r.get("compiled") else "")
+        precision = _variant(r)
         if r["status"] != "ok":
             print(f"| {case} | {precision} | {r['backbone']} | {r['d_model']} | - | "
                   f"{r['status']} | | | | | | | | |")

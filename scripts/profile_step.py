@@ -19,6 +19,7 @@ from bench_common import build_agent, synthetic_batch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from rlmin.machine import machine_info, machine_line
+from rlmin.nn.dropout import use_fast_dropout
 from rlmin.train import build_optimizer, build_scheduler, optimizer_step
 
 
@@ -31,11 +32,14 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rows", type=int, default=15, help="operator rows shown")
+    ap.add_argument("--fast-dropout", action="store_true", help="train.fast_dropout's masks")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     agent, cfg = build_agent(args.backbone, args.d_model, args.k)
     agent.train()
+    if args.fast_dropout:
+        use_fast_dropout(agent)  # as the trainer does with train.fast_dropout
     opt = build_optimizer(agent, cfg.train)
     sched = build_scheduler(opt, cfg.train.warmup_steps)
     batch = synthetic_batch(args.batch, args.k)
