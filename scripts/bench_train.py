@@ -56,6 +56,27 @@ def _variant(row: dict) -> str:
             + (" fast-dropout" if row.get("fast_dropout") else ""))
 
 
+def _medians(timed: list[dict]) -> list[dict]:
+    """One row per case (mode, variant, backbone): its first round's row with the median rate
+    over the rounds (every round's rate kept as ``rounds_steps_per_s``)."""
+    import statistics
+    groups: dict[tuple, list[dict]] = {}
+    for r in timed:
+        groups.setdefault((r["mode"], _variant(r), r["backbone"]), []).append(r)
+    rows = []
+    for group in groups.values():
+        ok = [r for r in group if r["status"] == "ok"]
+        if not ok:
+            rows.append(group[0])
+            continue
+        rate = statistics.median(r["steps_per_s"] for r in ok)
+        rows.append({**ok[0], "steps_per_s": rate, "sequences_per_s": rate * ok[0]["batch"],
+                     "timesteps_per_s": rate * ok[0]["batch"] * ok[0]["length"],
+                     "ms_per_step": 1e3 / rate,
+                     "rounds_steps_per_s": [r["steps_per_s"] for r in ok]})
+    return rows
+
+
 def run_case(spec: dict) -> dict:
     """Time optimizer steps of one (backbone, d_model, L, batch); returns a result row."""
     import torch
@@ -152,6 +173,9 @@ def main(argv=None) -> dict:
                          "its compile time in the warm-up seconds")
     ap.add_argument("--fast-dropout", action="store_true",
                     help="also time every case with train.fast_dropout (16-bit dropout masks)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every case this many times, the variants' order reversed every other "
+                         "round; the table gives each case's median (a noisy machine's A/B)")
     ap.add_argument("--out", default="runs/bench/train.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -186,22 +210,24 @@ def main(argv=None) -> dict:
     variants = ([(p, False, False) for p in precisions]
                 + ([(p, True, False) for p in precisions] if args.compile else [])
                 + ([(p, False, True) for p in precisions] if args.fast_dropout else []))
-    rows = []
-    for mode, length, batch in cases:
-        for precision, compiled, fast_dropout in variants:
-            for bb in backbones:
-                spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
-                        "batch": batch, "threads": args.threads, "device": args.device,
-                        "precision": precision, "compiled": compiled,
-                        "fast_dropout": fast_dropout, "seconds": args.seconds,
-                        "min_steps": args.min_steps, "warmup": args.warmup}
-                row = run_case_isolated(spec, args.case_timeout)
-                rows.append(row)
-                status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
-                          else row["status"])
-                print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {_variant(row)} "
-                      f"{bb:12s} {status}", flush=True)
+    timed = []
+    for round_, mode, length, batch, (precision, compiled, fast_dropout) in [
+            (r, *case, v) for r in range(args.rounds) for case in cases
+            for v in (variants if r % 2 == 0 else variants[::-1])]:
+        for bb in backbones:
+            spec = {"backbone": bb, "d_model": widths[bb][0], "mode": mode, "length": length,
+                    "batch": batch, "threads": args.threads, "device": args.device,
+                    "precision": precision, "compiled": compiled,
+                    "fast_dropout": fast_dropout, "seconds": args.seconds,
+                    "min_steps": args.min_steps, "warmup": args.warmup}
+            row = {**run_case_isolated(spec, args.case_timeout), "round": round_}
+            timed.append(row)
+            status = (f"{row['steps_per_s']:.2f} steps/s" if row["status"] == "ok"
+                      else row["status"])
+            print(f"  {mode:7s} L={length:<5d} B={batch:<3d} {_variant(row)} "
+                  f"{bb:12s} {status}", flush=True)
 
+    rows = _medians(timed)
     # ratios side by side in this run: to the transformer (same variant), and to eager fp32
     for r in rows:
         same = [o for o in rows if o["mode"] == r["mode"] and o["status"] == "ok"]
@@ -234,7 +260,7 @@ def main(argv=None) -> dict:
               "configs": "configs/protocols/dt.yaml + configs/backbones/<name>.yaml",
               "reference": {"backbone": REFERENCE[0], "d_model": REFERENCE[1]},
               "widths": {b: {"d_model": d, "params": p} for b, (d, p) in widths.items()},
-              "rows": rows}
+              "rounds": args.rounds, "rows": rows, "timed": timed}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
