@@ -534,6 +534,16 @@ def check_seq_len(cfg, data: LoadedDataset) -> None:
             f"{data.eval_spec.dataset_id} (or of its task's time limit) is longer than {longest} "
             f"steps: every row would be padded to {cfg.data.seq_len} steps; give data.seq_len "
             f"<= {longest}")
+    if cfg.data.mode == "episode":  # the cap cuts every episode: most data unseen is a slip
+        lengths = data.data.episode_lengths
+        kept = float(np.minimum(lengths, cfg.data.seq_len).sum() / lengths.sum())
+        if kept < 0.5:
+            raise config_lib.ConfigError(
+                f"config key 'data.seq_len' is {cfg.data.seq_len}: data.mode=episode cuts every "
+                f"episode at its first {cfg.data.seq_len} steps, {kept:.0%} of "
+                f"{data.eval_spec.dataset_id}'s steps (episodes average {lengths.mean():.0f}); "
+                f"give data.seq_len={longest} for whole episodes (a task file's seq_len: 20 is "
+                f"the segment length K), or data.mode=segment")
 
 
 # ============================================================================ memory

@@ -159,6 +159,7 @@ def test_eval_of_a_runs_checkpoint_writes_in_the_runs_eval_folder(copy, capsys):
     ("train.seed=-1", "train.seed"),                                    # numpy's error, unnamed
     ("eval.target_returns=[1e30]", "eval.target_returns"),              # NaN actions at the end
     ("data.seq_len=100000", "data.seq_len <= 1000"),                    # 24 GB, then killed
+    ("data.mode=episode data.seq_len=3", "cuts every episode at its first 3 steps"),  # a task's K
     ("train.batch_size=10000000", "train.batch_size"),                  # the memory estimate
     ("eval.n_envs=100000 eval.episodes=100000", "eval.n_envs"),         # 1 MB an env, at the end
 ])

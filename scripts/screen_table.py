@@ -1,0 +1,109 @@
+"""The recipe screen of protocol v2, step 2 (docs/RESULTS.md): the rule's table from one grid folder.
+
+    python scripts/screen_table.py docs/results/screen [--out FILE.json]
+
+Each run of ``configs/grids/screen.yaml`` is one backbone (minGRU, minLSTM) with one recipe:
+token layout (interleaved, stacked) x sampling (K=20 segments, whole episodes). Per backbone and
+recipe, over its runs, at each run's first target (the EMA weights, step 1's protocol): the IQM of
+the last evaluation (L) with its stratified-bootstrap CI (strata: datasets), C (runs whose last
+evaluation is below half of their best), the IQM of the best and G = best - L, each dataset's
+seed mean. The rule, as written before the runs: per backbone, the highest L; a recipe within 2
+points of it is tied with it, and ties go to the cheaper recipe (stacked before interleaved,
+segments before whole episodes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from protocol_table import TIE, summarize
+
+from rlmin.errors import ReproError
+from rlmin.report import check_fingerprints
+
+# cheapest first: stacked has a third of the tokens; segments before whole episodes
+RECIPES = ("stacked-segment", "stacked-episode", "interleaved-segment", "interleaved-episode")
+
+
+def runs_of(folder: Path) -> list[dict]:
+    """Per run: dataset, backbone, recipe, seed, its curve's last and best at the first target."""
+    out = []
+    for path in sorted(folder.rglob("results.json")):
+        res = json.loads(path.read_text())
+        cfg = res["config"]
+        key = next(iter(res["last_iterate"]["targets"]))
+        curve = [h["targets"][key]["normalized_mean"] for h in res["history"] if "targets" in h]
+        out.append({"dataset": res["dataset"]["id"], "backbone": cfg["agent"]["backbone"],
+                    "recipe": f"{cfg['agent'].get('token_layout', 'interleaved')}-{cfg['data']['mode']}",
+                    "seed": res["seed"], "agent": res["label"],
+                    "fingerprint": res.get("provenance", {}).get("data_fingerprint"),
+                    "last": curve[-1], "best": max(curve), "steps": len(curve),
+                    "timesteps_seen": res.get("timesteps_seen"), "path": str(path)})
+    return out
+
+
+def choose(recipes: dict[str, dict]) -> str:
+    """The rule: the cheapest recipe whose L is within TIE points of the highest L."""
+    top = max(s["L"] for s in recipes.values())
+    return next(r for r in RECIPES if r in recipes and recipes[r]["L"] > top - TIE)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder")
+    parser.add_argument("--out", help="also write the table as JSON to this new file")
+    args = parser.parse_args(argv)
+    runs = runs_of(Path(args.folder))
+    if not runs:
+        print(f"screen_table: no results.json under {args.folder}", file=sys.stderr)
+        return 2
+    try:  # as `rlmin repro report`: runs of one dataset on different data are never pooled
+        check_fingerprints([{"dataset_id": r["dataset"], "fingerprint": r["fingerprint"],
+                             "run_dir": str(Path(r["path"]).parent)} for r in runs])
+    except ReproError as e:
+        print(f"screen_table: {e}", file=sys.stderr)
+        return 2
+    if args.out and Path(args.out).exists():
+        print(f"screen_table: {args.out} exists; choose another file", file=sys.stderr)
+        return 2
+    datasets = sorted({r["dataset"] for r in runs})
+    short = {d: d.split("/", 1)[-1].rsplit("-v", 1)[0] for d in datasets}
+    print(f"{len(runs)} runs, {len(datasets)} datasets; normalised score at the first target "
+          "(EMA weights), IQM with a stratified bootstrap 95% CI over the datasets\n")
+    print("| backbone | recipe | runs | IQM last (L) | 95% CI | C | IQM best | G |"
+          + "".join(f" {short[d]} (mean) |" for d in datasets))
+    print("|---|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(datasets))
+    table, chosen = {}, {}
+    for backbone in sorted({r["backbone"] for r in runs}):
+        recipes = {}
+        for recipe in RECIPES:
+            mine = [r for r in runs if (r["backbone"], r["recipe"]) == (backbone, recipe)]
+            if not mine:
+                continue
+            s = summarize(mine)
+            s["per_dataset"] = {d: [r["last"] for r in mine if r["dataset"] == d] for d in datasets}
+            s["complete"] = len({(r["dataset"], r["seed"]) for r in mine})
+            recipes[recipe] = s
+            cells = "".join(
+                f" {sum(v) / len(v):.1f} ({len(v)}) |" if (v := s["per_dataset"][d]) else " – |"
+                for d in datasets)
+            print(f"| {backbone} | {recipe} | {s['n']} | {s['L']:.1f} | [{s['L_ci'][0]:.1f}, "
+                  f"{s['L_ci'][1]:.1f}] | {s['C']} | {s['B']:.1f} | {s['G']:.1f} |{cells}")
+        chosen[backbone] = choose(recipes)
+        table[backbone] = recipes
+    print()
+    for backbone, recipe in chosen.items():
+        runs_in = {r: s["n"] for r, s in table[backbone].items()}
+        print(f"the rule picks for {backbone}: {recipe}  (runs per recipe: {runs_in})")
+        for s in table[backbone].values():
+            for line in s["collapsed"]:
+                print(f"  collapsed: {line}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"chosen": chosen, "recipes": table}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
