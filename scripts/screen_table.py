@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     print(f"{len(runs)} runs, {len(datasets)} datasets; normalised score at the first target "
           "(EMA weights), IQM with a stratified bootstrap 95% CI over the datasets\n")
     print("| backbone | recipe | runs | IQM last (L) | 95% CI | C | IQM best | G |"
-          + "".join(f" {short[d]} (mean) |" for d in datasets))
-    print("|---|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(datasets))
+          + "".join(f" {short[d]} (mean) |" for d in datasets) + " timesteps seen (M) |")
+    print("|---|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(datasets) + "---|")
     table, chosen = {}, {}
     for backbone in sorted({r["backbone"] for r in runs}):
         recipes = {}
@@ -85,12 +85,17 @@ def main(argv=None) -> int:
             s = summarize(mine)
             s["per_dataset"] = {d: [r["last"] for r in mine if r["dataset"] == d] for d in datasets}
             s["complete"] = len({(r["dataset"], r["seed"]) for r in mine})
+            # equal data: a whole-episode batch is sized in timesteps, so say what each run saw
+            s["timesteps_seen"] = {d: sorted({r["timesteps_seen"] for r in mine if r["dataset"] == d})
+                                   for d in datasets}
             recipes[recipe] = s
             cells = "".join(
                 f" {sum(v) / len(v):.1f} ({len(v)}) |" if (v := s["per_dataset"][d]) else " – |"
                 for d in datasets)
+            seen = " / ".join(f"{sum(v) / len(v) / 1e6:.2f}" if (v := s["timesteps_seen"][d]) else "–"
+                              for d in datasets)
             print(f"| {backbone} | {recipe} | {s['n']} | {s['L']:.1f} | [{s['L_ci'][0]:.1f}, "
-                  f"{s['L_ci'][1]:.1f}] | {s['C']} | {s['B']:.1f} | {s['G']:.1f} |{cells}")
+                  f"{s['L_ci'][1]:.1f}] | {s['C']} | {s['B']:.1f} | {s['G']:.1f} |{cells} {seen} |")
         chosen[backbone] = choose(recipes)
         table[backbone] = recipes
     print()

@@ -27,7 +27,8 @@ def _write(root: Path, dataset: str, backbone: str, recipe: str, seed: int, curv
     res = {"dataset": {"id": dataset}, "label": backbone, "seed": seed,
            "provenance": {"data_fingerprint": fingerprint},
            "config": {"agent": {"backbone": backbone, "token_layout": layout}, "data": {"mode": mode}},
-           "last_iterate": {"targets": {"100": {"normalized_mean": curve[-1]}}}, "history": history}
+           "last_iterate": {"targets": {"100": {"normalized_mean": curve[-1]}}}, "history": history,
+           "timesteps_seen": 5_120_000}
     path = root / dataset / backbone / recipe / f"seed{seed}" / "results.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(res))
