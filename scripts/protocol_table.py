@@ -25,13 +25,31 @@ TIE = 2.0  # points: differences under this count as ties (the rule's)
 SIMPLER = {("constant", "raw"): 0, ("constant", "ema"): 1, ("cosine", "raw"): 2, ("cosine", "ema"): 3}
 
 
+def results_in(folder: Path):
+    """Every results.json under ``folder``: (path, its contents, the key of its first target)."""
+    for path in sorted(folder.rglob("results.json")):
+        res = json.loads(path.read_text())
+        yield path, res, next(iter(res["last_iterate"]["targets"]))
+
+
+def folder_error(runs: list[dict], out: str | None) -> str | None:
+    """Why a table of ``runs`` cannot be made (None: it can): as `rlmin repro report`, runs of one
+    dataset on different data are never pooled; an existing ``out`` file is never overwritten."""
+    try:
+        check_fingerprints(list({r["path"]: {"dataset_id": r["dataset"], "fingerprint": r["fingerprint"],
+                                             "run_dir": str(Path(r["path"]).parent)} for r in runs}.values()))
+    except ReproError as e:
+        return str(e)
+    if out and Path(out).exists():
+        return f"{out} exists; choose another file"
+    return None
+
+
 def runs_of(folder: Path) -> list[dict]:
     """Per run and weights: dataset, agent label, schedule, seed, its curve at the first target."""
     out = []
-    for path in sorted(folder.rglob("results.json")):
-        res = json.loads(path.read_text())
+    for path, res, key in results_in(folder):
         cfg = res["config"]
-        key = next(iter(res["last_iterate"]["targets"]))
         for weights, field in (("ema", "targets"), ("raw", "raw_targets")):
             curve = [(h["step"], h[field][key]["normalized_mean"]) for h in res["history"]
                      if field in h]
@@ -89,14 +107,8 @@ def main(argv=None) -> int:
         print(f"protocol_table: no results.json with EMA and raw evaluations under {args.folder}",
               file=sys.stderr)
         return 2
-    try:  # as `rlmin repro report`: runs of one dataset on different data are never pooled
-        check_fingerprints(list({r["path"]: {"dataset_id": r["dataset"], "fingerprint": r["fingerprint"],
-                                             "run_dir": str(Path(r["path"]).parent)} for r in runs}.values()))
-    except ReproError as e:
-        print(f"protocol_table: {e}", file=sys.stderr)
-        return 2
-    if args.out and Path(args.out).exists():
-        print(f"protocol_table: {args.out} exists; choose another file", file=sys.stderr)
+    if error := folder_error(runs, args.out):
+        print(f"protocol_table: {error}", file=sys.stderr)
         return 2
     conditions = {}
     for sched in ("constant", "cosine"):

@@ -18,10 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from protocol_table import TIE, summarize
-
-from rlmin.errors import ReproError
-from rlmin.report import check_fingerprints
+from protocol_table import TIE, folder_error, results_in, summarize
 
 # cheapest first: stacked has a third of the tokens; segments before whole episodes
 RECIPES = ("stacked-segment", "stacked-episode", "interleaved-segment", "interleaved-episode")
@@ -30,10 +27,8 @@ RECIPES = ("stacked-segment", "stacked-episode", "interleaved-segment", "interle
 def runs_of(folder: Path) -> list[dict]:
     """Per run: dataset, backbone, recipe, seed, its curve's last and best at the first target."""
     out = []
-    for path in sorted(folder.rglob("results.json")):
-        res = json.loads(path.read_text())
+    for path, res, key in results_in(folder):
         cfg = res["config"]
-        key = next(iter(res["last_iterate"]["targets"]))
         curve = [h["targets"][key]["normalized_mean"] for h in res["history"] if "targets" in h]
         out.append({"dataset": res["dataset"]["id"], "backbone": cfg["agent"]["backbone"],
                     "recipe": f"{cfg['agent'].get('token_layout', 'interleaved')}-{cfg['data']['mode']}",
@@ -59,14 +54,8 @@ def main(argv=None) -> int:
     if not runs:
         print(f"screen_table: no results.json under {args.folder}", file=sys.stderr)
         return 2
-    try:  # as `rlmin repro report`: runs of one dataset on different data are never pooled
-        check_fingerprints([{"dataset_id": r["dataset"], "fingerprint": r["fingerprint"],
-                             "run_dir": str(Path(r["path"]).parent)} for r in runs])
-    except ReproError as e:
-        print(f"screen_table: {e}", file=sys.stderr)
-        return 2
-    if args.out and Path(args.out).exists():
-        print(f"screen_table: {args.out} exists; choose another file", file=sys.stderr)
+    if error := folder_error(runs, args.out):
+        print(f"screen_table: {error}", file=sys.stderr)
         return 2
     datasets = sorted({r["dataset"] for r in runs})
     short = {d: d.split("/", 1)[-1].rsplit("-v", 1)[0] for d in datasets}
