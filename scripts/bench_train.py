@@ -1,6 +1,6 @@
 """Training throughput of the decision agent per backbone, at roughly equal parameter count.
 
-    python scripts/bench_train.py                       # K=20 (B=64) and whole episodes (L=1000, B=16)
+    python scripts/bench_train.py                       # K=20 (B=64) interleaved, stacked; episodes (L=1000, B=16)
     python scripts/bench_train.py --quick               # a smoke run: fewer steps, B=8 for episodes
     python scripts/bench_train.py --threads 2 --out runs/bench/train.json
 
@@ -8,7 +8,8 @@ One optimizer step = ``agent.loss(batch)`` + ``rlmin.train.optimizer_step`` (bac
 AdamW, schedule: the trainer's own function, optimizer and settings from
 configs/protocols/dt.yaml), on a synthetic batch in the sampler's format (Hopper sizes, obs 11,
 act 3, every step real). The agent is built from configs/backbones/<name>.yaml as ``rlmin train``
-builds it (3 layers, interleaved (R, s, a) tokens, dropout 0.1 in train mode).
+builds it (3 layers, interleaved (R, s, a) tokens, or ``stacked``: one token a step,
+dropout 0.1 in train mode).
 
 Equal size: minGRU at d_model=128 (the configs' default) sets the parameter count of the whole
 agent (embeddings and head included), and every other backbone gets the d_model (a multiple of
@@ -85,7 +86,8 @@ def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = spec.get("device", "cpu")
-    agent, cfg = build_agent(spec["backbone"], spec["d_model"], spec["length"], device)
+    layout = ("agent.token_layout=stacked",) if spec["mode"] == "stacked" else ()  # one token a step
+    agent, cfg = build_agent(spec["backbone"], spec["d_model"], spec["length"], device, layout)
     agent.train()
     if spec.get("fast_dropout"):  # train.fast_dropout: as the trainer does, right after the build
         from rlmin.nn.dropout import use_fast_dropout
@@ -167,7 +169,8 @@ def main(argv=None) -> dict:
                     help="smoke run: 1 s / 2 steps per case, episode batch 8, 180 s case timeout")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="fp32 and/or bf16 (autocast, as train.cpu_amp / train.amp)")
-    ap.add_argument("--cases", default="segment,episode", help="segment and/or episode")
+    ap.add_argument("--cases", default="segment,stacked,episode",
+                    help="segment (K, interleaved), stacked (K, one token a step), episode")
     ap.add_argument("--compile", action="store_true",
                     help="also time every case with torch.compile of the loss (train.compile), "
                          "its compile time in the warm-up seconds")
@@ -202,10 +205,11 @@ def main(argv=None) -> dict:
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         ap.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
     every = {"segment": ("segment", args.k, args.k_batch),
+             "stacked": ("stacked", args.k, args.k_batch),
              "episode": ("episode", args.episode_len, args.episode_batch)}
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     if not names or set(names) - set(every):
-        ap.error(f"--cases takes segment and/or episode, got {args.cases!r}")
+        ap.error(f"--cases takes segment, stacked and/or episode, got {args.cases!r}")
     cases = [every[c] for c in names]
     variants = ([(p, False, False) for p in precisions]
                 + ([(p, True, False) for p in precisions] if args.compile else [])
