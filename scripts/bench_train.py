@@ -201,6 +201,8 @@ def main(argv=None) -> dict:
     print(f"parameter match (whole agent, K={args.k}) to {REFERENCE[0]} d_model={REFERENCE[1]}: "
           + ", ".join(f"{b} d={widths[b][0]} {widths[b][1]:,}" for b in backbones))
 
+    if args.rounds < 1:
+        ap.error(f"--rounds takes a count of at least 1, got {args.rounds}")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if not precisions or set(precisions) - {"fp32", "bf16"}:
         ap.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
