@@ -73,7 +73,6 @@ def main(argv=None) -> int:
                 continue
             s = summarize(mine)
             s["per_dataset"] = {d: [r["last"] for r in mine if r["dataset"] == d] for d in datasets}
-            s["complete"] = len({(r["dataset"], r["seed"]) for r in mine})
             # equal data: a whole-episode batch is sized in timesteps, so say what each run saw
             s["timesteps_seen"] = {d: sorted({r["timesteps_seen"] for r in mine if r["dataset"] == d})
                                    for d in datasets}
