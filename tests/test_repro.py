@@ -142,13 +142,13 @@ def test_small_grid_file_expands_to_a_grid(tmp_path):
     assert [a for a in own.argv(num_threads=1) if "num_threads" in a] == ["train.num_threads=3"]
 
 
-@pytest.mark.parametrize("name", ["small", "full"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (grid.CONFIG_ROOT / "grids").glob("*.yaml")))
 def test_every_run_of_a_shipped_grid_is_a_valid_config(name, tmp_path):
     from rlmin.config import load_config
 
     g = grid.load_grid(name)
     for run in grid.plan(g.tasks, g.backbones, g.seeds[:1], tmp_path, g.overrides,
-                         backbone_overrides=g.backbone_overrides):
+                         backbone_overrides=g.backbone_overrides, variants=g.variants):
         load_config(list(run.config_files), list(run.overrides))  # an agent's unknown option fails
 
 
