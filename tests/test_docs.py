@@ -102,8 +102,10 @@ def readme_cwd(tmp_path, tiny_config, monkeypatch):
     runs = iter(range(100))
 
     def tiny_load(files=(), overrides=()):
+        # a whole-episode recipe (minlstm.yaml) keeps its episodes whole: the tiny seq_len 10 would cut them
+        whole = ["data.seq_len=1000"] if real_load(files, overrides).data.mode == "episode" else []
         return real_load(files, [*overrides, *tiny_config.overrides(
-            "train.steps=2", "train.warmup_steps=1", "eval.max_episode_steps=3",
+            "train.steps=2", "train.warmup_steps=1", "eval.max_episode_steps=3", *whole,
             run_dir=tmp_path / f"readme-run-{next(runs)}")])
 
     monkeypatch.setattr(rlmin.config, "load_config", tiny_load)

@@ -22,7 +22,7 @@ def test_quickstart_builds_its_dataset_offline_and_reports(tmp_path, monkeypatch
     assert "normalised score per target return" in out and "behaviour policy" in out
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"]["id"] == "rlmin/hopper/medium-v0"
-    assert results["agent"] == "decision" and results["label"] == "mingru"
+    assert results["agent"] == "decision" and results["label"] == "mingru stacked"
     assert results["act_mode"] == "carry"
     assert results["eval_spec"]["dataset_id"] == "rlmin/hopper/medium-v0"
     assert results["eval_spec"]["ref_max"] == meta["ref_max_score"]  # the builder's, stored once

@@ -744,3 +744,25 @@ def test_agents_are_paired_with_a_reference_run_by_run(tmp_path):
     assert "## Paired, run by run" in md and "| mingru | transformer | 5 (2) | +10.8 |" in md
     with pytest.raises(grid.ReproError, match="no such agent label"):
         report.paired_rows(records, "dt")
+
+
+@pytest.mark.parametrize("name", ["suite", "protocol", "screen"])
+def test_a_grid_with_committed_results_still_makes_their_configs(name, tmp_path):
+    """The committed runs' configs come back from their grid file: a shipped config that changes
+    later (step 2 gave the backbone files their recipes) must not change a finished grid's runs."""
+    from rlmin.config import flat_keys, load_config, to_dict
+
+    ignore = {"run_dir", "train.num_threads", "train.progress", "train.seed", "train.fast_dropout"}
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / name
+    g = grid.load_grid(name)
+    checked = 0
+    for run in grid.plan(g.tasks, g.backbones, g.seeds, tmp_path, g.overrides,
+                         backbone_overrides=g.backbone_overrides, variants=g.variants):
+        done = folder / run.run_dir.relative_to(tmp_path) / "results.json"
+        if not done.exists():
+            continue
+        old = flat_keys(json.loads(done.read_text())["config"])
+        new = flat_keys(to_dict(load_config(list(run.config_files), list(run.overrides))))
+        assert {k: (v, new.get(k)) for k, v in old.items() if k not in ignore and v != new.get(k)} == {}, done
+        checked += 1
+    assert checked == len(g.tasks) * len(g.backbones) * len(g.seeds) * max(len(g.variants), 1)
