@@ -752,7 +752,7 @@ def test_a_grid_with_committed_results_still_makes_their_configs(name, tmp_path)
     later (step 2 gave the backbone files their recipes) must not change a finished grid's runs."""
     from rlmin.config import flat_keys, load_config, to_dict
 
-    ignore = {"run_dir", "train.num_threads", "train.progress", "train.seed", "train.fast_dropout"}
+    ignore = {"run_dir", "train.num_threads", "train.progress", "train.seed", "train.fast_dropout"}  # the driver's
     folder = Path(__file__).resolve().parents[1] / "docs" / "results" / name
     g = grid.load_grid(name)
     checked = 0
@@ -764,5 +764,6 @@ def test_a_grid_with_committed_results_still_makes_their_configs(name, tmp_path)
         old = flat_keys(json.loads(done.read_text())["config"])
         new = flat_keys(to_dict(load_config(list(run.config_files), list(run.overrides))))
         assert {k: (v, new.get(k)) for k, v in old.items() if k not in ignore and v != new.get(k)} == {}, done
+        assert old["train.seed"] == run.seed, done
         checked += 1
     assert checked == len(g.tasks) * len(g.backbones) * len(g.seeds) * max(len(g.variants), 1)
