@@ -81,6 +81,7 @@ from rlmin.gridrun import (
     _env_prefix,
     available_cores,
     begin_attempt,
+    claim_attempt,
     finish_attempt,
     lock_holder,
     prepare_datasets,
@@ -345,20 +346,26 @@ def run_grid(runs: Sequence[Run], workers: int = 1, runner=None, cores: int | No
 
     def one(i_run):
         i, r = i_run
-        argv = r.argv(num_threads=threads)
-        begin_attempt(r, argv)
-        with lock:
-            echo(f"[{i + 1}/{len(todo)}] start {r.name}  (log: {r.run_dir / LOG_FILE})")
-        error = None
-        try:
-            code = runner.run(r, argv, r.run_dir / LOG_FILE)
-        except Exception as e:  # a runner that cannot start the run: one failed run, not a crash
+        prefix = f"[{i + 1}/{len(todo)}]"
+        with claim_attempt(r) as taken:
+            if taken:  # another driver of this grid got to it since the triage
+                with lock:
+                    report_attempt(outcome, r, taken, None, prefix, echo)
+                return
+            argv = r.argv(num_threads=threads)
+            begin_attempt(r, argv)
             with lock:
-                echo(f"[{i + 1}/{len(todo)}] could not run {r.name}: {e!r}")
-            code, error = -1, f"could not start: {e!r}"
-        state = finish_attempt(r, code, error)
+                echo(f"{prefix} start {r.name}  (log: {r.run_dir / LOG_FILE})")
+            error = None
+            try:
+                code = runner.run(r, argv, r.run_dir / LOG_FILE)
+            except Exception as e:  # a runner that cannot start the run: one failed run, not a crash
+                with lock:
+                    echo(f"{prefix} could not run {r.name}: {e!r}")
+                code, error = -1, f"could not start: {e!r}"
+            state = finish_attempt(r, code, error)
         with lock:
-            report_attempt(outcome, r, state, code, f"[{i + 1}/{len(todo)}]", echo)
+            report_attempt(outcome, r, state, code, prefix, echo)
 
     if workers == 1:
         for item in enumerate(todo):

@@ -3,6 +3,7 @@
 (rlmin/launch.py) and the report (rlmin/report.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 RESULTS = "results.json"
 COMMAND_FILE = "command.txt"
@@ -21,6 +22,7 @@ LOG_FILE = "train.log"
 DRIVER_LOG = "repro_commands.txt"
 GRID_FILE = "grid.json"
 FAILED_FILE = "failed.json"
+CLAIM_FILE = "attempt.lock"  # held by the driver of an attempt (the trainer holds "lock")
 SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, under <out>
 # Exit codes of a run stopped from outside (a signal), not by an error of its own: the trainer's
 # 130/143 after saving on SIGINT/SIGTERM, a shell's 128+9, or killed outright (SIGKILL: the OOM
@@ -163,6 +165,34 @@ def lock_holder(run_dir: Path) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def claim_attempt(run: Run) -> Iterator[str | None]:
+    """``with claim_attempt(run) as taken:`` holds the run's attempt lock for one attempt, from
+    before :func:`begin_attempt` until the trainer exits. ``taken`` is None when the attempt is
+    ours, else why not: "finished elsewhere" or "running elsewhere". Two drivers of one grid (a second
+    terminal, a resubmitted job array) then never both start a run: the trainer takes its own lock
+    only seconds after it starts, and in between begin_attempt would set aside the files of the
+    other's run (its tb/ vanishes under it, and it dies)."""
+    from filelock import FileLock, Timeout
+
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    claim = FileLock(str(run.run_dir / CLAIM_FILE))
+    try:
+        claim.acquire(timeout=0)
+    except Timeout:
+        yield "running elsewhere"
+        return
+    try:
+        if run.finished:  # another driver finished it since this one looked
+            yield "finished elsewhere"
+        elif lock_holder(run.run_dir):  # a trainer started by hand, not by a driver
+            yield "running elsewhere"
+        else:
+            yield None
+    finally:
+        claim.release()
+
+
 def begin_attempt(run: Run, argv: Sequence[str]) -> None:
     """Before a run (re)starts: drop its failure record (train.log keeps the story), set aside what
     an attempt without a checkpoint left (the trainer refuses a run dir that holds a config.yaml it
@@ -288,8 +318,16 @@ def prepare_datasets(todo: Sequence[Run], runner=None, echo=print) -> None:
 
 def report_attempt(outcome: GridOutcome, run: Run, state: str, code: int | None, prefix: str,
                    echo) -> None:
-    """File one attempt's end (``finish_attempt``'s state) in ``outcome`` and say it in a line."""
-    if state == "finished":
+    """File one attempt's end (``finish_attempt``'s or ``claim_attempt``'s state) in ``outcome``
+    and say it in a line."""
+    if state == "running elsewhere":
+        outcome.running.append(run)
+        echo(f"{prefix} skipped {run.name}: {lock_holder(run.run_dir) or 'another driver'} "
+             "is running it")
+    elif state == "finished elsewhere":
+        outcome.skipped.append(run)
+        echo(f"{prefix} skipped {run.name}: another driver finished it")
+    elif state == "finished":
         outcome.succeeded.append(run)
         echo(f"{prefix} done  {run.name}")
     elif state == "interrupted":

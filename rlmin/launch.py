@@ -44,8 +44,8 @@ from rlmin.gridrun import (
     Run,
     available_cores,
     begin_attempt,
+    claim_attempt,
     finish_attempt,
-    lock_holder,
     prepare_datasets,
     report_attempt,
     triage,
@@ -208,10 +208,14 @@ class TrainJob(Checkpointable):
         """The attempt's end: "finished", "interrupted", "failed" or "running elsewhere"."""
         run = self.run
         os.chdir(self.cwd)
-        if run.finished:  # e.g. a requeue after the run had just written its results
-            return "finished"
-        if lock_holder(run.run_dir):
-            return "running elsewhere"
+        with claim_attempt(run) as taken:  # held until the trainer exits
+            if taken == "finished elsewhere":  # e.g. a requeue after the run had just written its results
+                return "finished"
+            if taken:
+                return taken
+            return self._attempt(run)
+
+    def _attempt(self, run: Run) -> str:
         argv = run.argv(num_threads=self.num_threads)  # --resume once a checkpoint exists
         begin_attempt(run, argv)
         env = {**os.environ}
@@ -314,11 +318,6 @@ def _collect(run: Run, job, outcome: GridOutcome, prefix: str, echo) -> None:
     state = None
     if job.paths.result_pickle.exists() and job.exception() is None:
         state = job.result()
-    if state == "running elsewhere":
-        outcome.running.append(run)
-        echo(f"{prefix} skipped {run.name}: {lock_holder(run.run_dir) or 'another process'} "
-             "is running it")
-        return
     if state is None:  # the job ended without a word of its own: read the run's folder
         error = _job_error(job)
         if run.finished:

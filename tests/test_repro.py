@@ -225,6 +225,46 @@ def test_a_runner_that_raises_fails_one_run_only(tmp_path):
     assert len(out.succeeded) == 2
 
 
+def test_two_drivers_of_one_grid_never_both_start_a_run(tmp_path):
+    """A second `repro run` of the same grid (a second terminal, a resubmitted array) while the
+    first driver's trainer is in its first seconds: no checkpoint yet, and its own run lock not
+    taken yet. The second must leave that run alone, not set its config.yaml and tb/ aside (the
+    first trainer then died on its vanished tb/ folder) and start it over."""
+    import threading
+
+    runs = grid.plan(["hopper-medium"], ["bc"], [0, 1], tmp_path)
+    first, second = runs
+    started, go = threading.Event(), threading.Event()
+
+    class SlowStart(FakeRunner):  # a trainer that has written its first files, no checkpoint
+        def run(self, run, argv, log_path):
+            if run is first:
+                (run.run_dir / "config.yaml").write_text("seed: 0\n")
+                (run.run_dir / "tb").mkdir()
+                started.set()
+                assert go.wait(10)
+            return super().run(run, argv, log_path)
+
+    outcomes = {}
+    driver_a = threading.Thread(target=lambda: outcomes.setdefault("a", grid.run_grid(
+        [first], runner=SlowStart(), echo=lambda s: None)))
+    driver_a.start()
+    assert started.wait(10)
+    lines, runner_b = [], FakeRunner()
+    outcomes["b"] = grid.run_grid(runs, runner=runner_b, echo=lines.append)
+    go.set()
+    driver_a.join(10)
+    assert [name for name, _ in runner_b.calls] == [second.name]  # the other run only
+    assert [r.name for r in outcomes["b"].running] == [first.name]
+    assert any("skipped hopper-medium/bc/seed0" in line for line in lines)
+    assert sorted(p.name for p in first.run_dir.iterdir()) == [
+        "attempt.lock", "command.txt", "config.yaml", "results.json", "tb"]  # nothing set aside
+    assert [r.name for r in outcomes["a"].succeeded] == [first.name]
+    # a run another driver finished since this one's triage is skipped, not run again
+    with grid.claim_attempt(first) as taken:
+        assert taken == "finished elsewhere"
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     run = grid.plan(["hopper-medium"], ["mingru"], [0], tmp_path)[0]
     (run.run_dir / "checkpoints").mkdir(parents=True)
