@@ -33,6 +33,9 @@ Fixtures (all tests may use them):
     subprocesses, torchrun); ``tiny_config.overrides(...)`` -> the ``key=value`` list itself.
     ``dataset=`` picks another dataset; ``agent.name=bc`` (or any registered agent) swaps the
     tiny decision-agent options for that agent's (``TINY_AGENT_OPTIONS``; none for others).
+``load_script`` (function) -> factory
+    ``load_script("screen_table")`` imports ``scripts/screen_table.py`` as a module, with
+    ``scripts/`` on ``sys.path`` for this test (its sibling imports work as when run as a script).
 ``restore_torch_threads`` (function, autouse)
     ``train.num_threads=1`` sets torch's process-wide thread count: every test gets its own
     back. Module-scoped fixtures that train wrap themselves in ``torch_threads_kept()``.
@@ -42,6 +45,7 @@ Datasets written in the session folder stay for the session: use unique ids.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -244,3 +248,17 @@ def make_dataset():
         return dataset_id
 
     return make
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(scripts))
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,21 +1,15 @@
 """scripts/protocol_table.py: the stabiliser rule of docs/RESULTS.md applied to result folders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "protocol_table.py"
 
-
-@pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("protocol_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def table(load_script):
+    return load_script("protocol_table")
 
 
 def _write(root: Path, dataset: str, agent: str, schedule: str, seed: int, ema: list, raw: list,

@@ -670,13 +670,8 @@ def test_tables_give_parameters_timesteps_and_how_targets_were_given(tmp_path):
     assert result["rows"][0]["n_params"] is not None
 
 
-def test_paired_runs_refuses_a_folder_that_mixes_data_fingerprints(tmp_path, capsys):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_runs.py"
-    spec = importlib.util.spec_from_file_location("paired_runs", script)
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+def test_paired_runs_refuses_a_folder_that_mixes_data_fingerprints(tmp_path, capsys, load_script):
+    paired = load_script("paired_runs")
     a, b = tmp_path / "a", tmp_path / "b"
     for seed, fp in enumerate(["aaaa1111", "bbbb2222"]):
         write_run(a / f"s{seed}", with_provenance(fake_results("mingru", seed, {3600: 1.0}),
@@ -705,15 +700,10 @@ def test_the_core_names_no_agent_backbone_or_task(module):
     assert not found, f"rlmin/{module}.py names agents or tasks in code: {found}"
 
 
-def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path, capsys):
+def test_paired_runs_pairs_by_dataset_and_seed_and_leaves_the_rest_out(tmp_path, capsys, load_script):
     """scripts/paired_runs.py: only runs with a partner enter; A's window column only where every
     pair has one; a folder holding two configs of one label is refused, not mixed."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "paired_runs.py"
-    spec = importlib.util.spec_from_file_location("paired_runs", script)
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    paired = load_script("paired_runs")
     a, b = tmp_path / "a", tmp_path / "b"
     for seed, score in enumerate([10.0, 40.0, 70.0]):
         res = fake_results("mingru", seed, {3600: score, 1800: 0.0})

@@ -1,22 +1,15 @@
 """scripts/screen_table.py: step 2's recipe rule of docs/RESULTS.md applied to result folders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
 
 @pytest.fixture
-def table(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports protocol_table, as when run as a script
-    spec = importlib.util.spec_from_file_location("screen_table", SCRIPTS / "screen_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def table(load_script):
+    return load_script("screen_table")
 
 
 def _write(root: Path, dataset: str, backbone: str, recipe: str, seed: int, curve: list,

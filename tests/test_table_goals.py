@@ -2,24 +2,18 @@
 (a level paired CI is "not shown", never "met"; overlapping CIs are not "apart")."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 DATASETS = [f"rlmin/{t}/{lv}-v0" for t in ("hopper", "walker2d", "halfcheetah")
             for lv in ("medium", "medium-replay", "medium-expert")]
 
 
 @pytest.fixture
-def goals(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports protocol_table, as when run as a script
-    spec = importlib.util.spec_from_file_location("table_goals", SCRIPTS / "table_goals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def goals(load_script):
+    return load_script("table_goals")
 
 
 def _agent(label, iqm, low, high, n_datasets=9):
