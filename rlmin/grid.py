@@ -474,7 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="grid folder: <out>/<task>/<backbone>/seed<k>")
     p.add_argument("--tasks", help="comma-separated configs/tasks names (replaces the grid's)")
     p.add_argument("--backbones", help="comma-separated configs/backbones names (replaces the grid's)")
-    p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,3,7)")
+    p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,3,7; one seed: 3,); "
+                                   "on a grid file whose seeds do not start at 0, a list only")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at a time (default: the grid file's, else 1); each gets "
                         "train.num_threads = cores // workers")
@@ -549,6 +550,11 @@ def cmd_run(args, runner=None, echo=print) -> int:
     tasks = _names(args.tasks) or (grid.tasks if grid else None)
     backbones = _names(args.backbones) or (grid.backbones if grid else None)
     seeds = _seeds(args.seeds) if args.seeds else (grid.seeds if grid else (0, 1, 2))
+    if grid and args.seeds and "," not in args.seeds and grid.seeds != tuple(range(len(grid.seeds))):
+        listed = ",".join(map(str, grid.seeds))  # "--seeds 3" on a grid of seeds 3-5 meant seed 3
+        raise ReproError(f"--seeds {args.seeds} is a count (seeds {', '.join(map(str, seeds))}), and "
+                         f"the grid's seeds are {listed}: give a list instead (--seeds "
+                         f"{grid.seeds[0]}, for seed {grid.seeds[0]} alone; --seeds 0,1,2 for those)")
     if not tasks or not backbones:
         raise ReproError("give --grid NAME (a file in configs/grids), or --tasks and --backbones")
     if len(seeds) < 3:

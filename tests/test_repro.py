@@ -304,6 +304,14 @@ def test_main_with_injected_runner_and_shards(tmp_path, capsys):
         assert text.count("rlmin.cli train") == 12 and not (tmp_path / "d").exists()
     assert grid.main(["run", "--out", str(out), "--seeds", "0"]) == 2  # bad: a count of 0
     assert grid.main(["run", "--grid", "nope", "--out", str(out)]) == 2
+    # "--seeds 3" on a grid of seeds 3-5 is a count (0, 1, 2): refused with the list spelling, nothing run
+    capsys.readouterr()
+    table = tmp_path / "table"
+    assert grid.main(["run", "--grid", "table", "--out", str(table), "--seeds", "3"],
+                     runner=FakeRunner()) == 2
+    assert "--seeds 3, for seed 3 alone" in capsys.readouterr().err and not table.exists()
+    assert grid.main(["run", "--grid", "table", "--out", str(table), "--seeds", "3,", "--dry-run"]) == 0
+    assert "36 runs" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- the report
