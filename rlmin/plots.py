@@ -47,8 +47,8 @@ def plot_scores(rows: Sequence[dict], path) -> bool:
                 n = r["normalized"]
                 xs.append(x)
                 means.append(n["mean"])
-                lo.append(n["mean"] - n["ci_low"])
-                hi.append(n["ci_high"] - n["mean"])
+                lo.append(n["mean"] - n["ci_low"] if n["ci_low"] is not None else 0.0)
+                hi.append(n["ci_high"] - n["mean"] if n["ci_high"] is not None else 0.0)
                 ax.scatter(np.full(len(n["values"]), x), n["values"], s=10, color="black",
                            zorder=3)
             ax.bar(xs, means, width=width * 0.95, yerr=[lo, hi], capsize=3,
@@ -90,7 +90,8 @@ def plot_first_targets(rows: Sequence[dict], path, columns: int = 3) -> bool:
                 continue
             n = r["normalized"]
             ax.bar(i, n["mean"], width=0.7, color=f"C{i}", alpha=0.8,
-                   yerr=[[n["mean"] - n["ci_low"]], [n["ci_high"] - n["mean"]]], capsize=3)
+                   yerr=None if n["ci_low"] is None else [[n["mean"] - n["ci_low"]],
+                                                          [n["ci_high"] - n["mean"]]], capsize=3)
             ax.scatter(np.full(len(n["values"]), i), n["values"], s=8, color="black", zorder=3)
             for other in (r.get("other_modes") or {}).values():
                 ax.scatter([i + 0.22], [other["mean"]], marker="D", s=22, color="white",

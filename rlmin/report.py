@@ -391,13 +391,13 @@ def paired_rows(records: Sequence[dict], reference: str, n_resamples: int | None
         if not per:
             continue
         diffs = [d for ds in per.values() for d in ds]
-        low, high = stats.stratified_bootstrap_ci(list(per.values()), "mean",
-                                                  **_stats_kw(n_resamples, seed))
+        low, high = stats.seed_spread_ci(list(per.values()), "mean", **_stats_kw(n_resamples, seed))
         rows.append({"label": label, "reference": reference, "n": len(diffs),
                      "datasets": len(per), "mean": sum(diffs) / len(diffs), "ci_low": low,
                      "ci_high": high, "higher": sum(d > 0 for d in diffs),
                      "lower": sum(d < 0 for d in diffs), "unpaired": unpaired,
-                     "word": "level" if low <= 0 <= high else ("above" if low > 0 else "below")})
+                     "word": "no CI" if low is None else "level" if low <= 0 <= high
+                     else "above" if low > 0 else "below"})
     return rows
 
 
@@ -575,7 +575,9 @@ def _pm(s: dict | None, digits: int) -> str:
 
 
 def _ci(low, high) -> str:
-    return f"[{low:.1f}, {high:.1f}]"
+    from rlmin import stats
+
+    return stats.ci_text(low, high)
 
 
 def _cell(v, digits=1) -> str:
@@ -717,7 +719,9 @@ def write_report(out_dir, rows: Sequence[dict], agents: Sequence[dict], records:
         "is a stratified bootstrap (rliable's method: runs resampled within each dataset, the "
         f"IQM of the pooled draw; {n_resamples:,} resamples, seed {seed}). Per dataset: one row "
         "per target return, mean ± sample std (ddof=1) over seeds and a 95% percentile bootstrap "
-        "CI of the mean; with 3-5 seeds it cannot show more spread than the seeds have. The IQM "
+        "CI of the mean; with 3-5 seeds it cannot show more spread than the seeds have. No CI "
+        "is given where a dataset has a single run (one seed): resampled within it, that run "
+        "adds no spread, and the interval would be too narrow. The IQM "
         "is rliable's (`scipy.stats.trim_mean(x, 0.25)`): int(n/4) whole runs are dropped from "
         "each end, so over 3 runs it is their mean. Parameters: the agent's parameter count; "
         "timesteps seen: the real (unpadded) dataset steps a run trained on, in millions, mean "

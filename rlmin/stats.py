@@ -36,8 +36,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["iqm", "bootstrap_ci", "stratified_bootstrap_ci", "iqm_over_tasks", "summarize",
-           "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
+__all__ = ["iqm", "bootstrap_ci", "stratified_bootstrap_ci", "seed_spread_ci", "iqm_over_tasks",
+           "summarize", "ci_text", "DEFAULT_RESAMPLES", "DEFAULT_SEED"]
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_SEED = 0
@@ -121,11 +121,31 @@ def stratified_bootstrap_ci(groups: Sequence[Sequence[float]], statistic: str | 
     return float(low), float(high)
 
 
+def seed_spread_ci(groups: Sequence[Sequence[float]], statistic: str | Callable = "iqm",
+                   **ci_kw) -> tuple[float, float] | tuple[None, None]:
+    """:func:`stratified_bootstrap_ci`, or ``(None, None)`` when a group holds a single run: the
+    bootstrap resamples runs within each group, so a group of one adds no seed-to-seed spread,
+    and the interval would be too narrow (of zero width when every group holds one run: one seed
+    per dataset). Every reported CI goes through this; rliable would print the narrow one."""
+    if any(len(_as_1d(g)) < 2 for g in groups):
+        return None, None
+    return stratified_bootstrap_ci(groups, statistic, **ci_kw)
+
+
+def ci_text(low: float | None, high: float | None, signed: bool = False) -> str:
+    """``[low, high]`` to one decimal, or why there is none (:func:`seed_spread_ci`)."""
+    if low is None or high is None:
+        return "no CI (1 run)"
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f"[{f.format(low)}, {f.format(high)}]"
+
+
 def iqm_over_tasks(per_task: dict[str, Sequence[float]], **ci_kw) -> dict:
     """The IQM of all runs pooled over ``per_task`` ({task: runs}) with its stratified-bootstrap CI
-    (strata: the tasks) and the pooled runs' ``n`` and ``mean``: an agent's headline number."""
+    (strata: the tasks; None where a task has one run) and the pooled runs' ``n`` and ``mean``:
+    an agent's headline number."""
     pooled = [float(v) for values in per_task.values() for v in values]
-    low, high = stratified_bootstrap_ci(list(per_task.values()), "iqm", **ci_kw)
+    low, high = seed_spread_ci(list(per_task.values()), "iqm", **ci_kw)
     return {"iqm": iqm(pooled), "ci_low": low, "ci_high": high, "n": len(pooled),
             "mean": sum(pooled) / len(pooled)}
 
@@ -133,11 +153,12 @@ def iqm_over_tasks(per_task: dict[str, Sequence[float]], **ci_kw) -> dict:
 def summarize(values: Sequence[float], confidence: float = 0.95,
               n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict:
     """``n``, ``mean``, ``std`` (ddof=1; None for one run), ``ci_low``/``ci_high`` (bootstrap of
-    the mean), ``iqm`` and ``values`` of a set of per-run scores."""
+    the mean; None for one run), ``iqm`` and ``values`` of a set of per-run scores."""
     x = _as_1d(values)
     if x.size == 0:
         raise ValueError("summarize of no values")
-    low, high = bootstrap_ci(x, "mean", confidence, n_resamples, seed)
+    low, high = seed_spread_ci([x], "mean", confidence=confidence, n_resamples=n_resamples,
+                               seed=seed)
     return {"n": int(x.size), "mean": float(x.mean()),
             "std": float(x.std(ddof=1)) if x.size > 1 else None,
             "ci_low": low, "ci_high": high, "confidence": confidence, "iqm": iqm(x),

@@ -72,7 +72,7 @@ def compare(a_dir, b_dir, label: str, label_b: str | None = None, n_resamples: i
     per = {c: {d: [f(p) for p in pairs if p[0] == d] for d in datasets} for c, f in columns.items()}
     diffs = {d: [b[p]["score"] - a[p]["score"] for p in pairs if p[0] == d] for d in datasets}
     flat = [v for vs in diffs.values() for v in vs]
-    low, high = stats.stratified_bootstrap_ci(list(diffs.values()), "mean", **kw)
+    low, high = stats.seed_spread_ci(list(diffs.values()), "mean", **kw)
     return {"a": str(a_dir), "b": str(b_dir), "label": label, "label_b": label_b or label,
             "pairs": len(pairs), "unpaired_a": len(set(a) - set(b)), "unpaired_b": len(set(b) - set(a)),
             "columns": list(columns), "rows": rows,
@@ -93,11 +93,11 @@ def format_result(r: dict) -> str:
                      + " | ".join(f"{row[c]:.1f}" for c in cols) + f" | {row['B'] - row['A']:+.1f} |")
     o, d = r["overall"], r["b_minus_a"]
     lines += ["", "| over all pairs | IQM | 95% CI (stratified bootstrap) |", "|---|---:|---:|",
-              *[f"| {c} | {o[c]['iqm']:.1f} | [{o[c]['ci_low']:.1f}, {o[c]['ci_high']:.1f}] |"
+              *[f"| {c} | {o[c]['iqm']:.1f} | {stats.ci_text(o[c]['ci_low'], o[c]['ci_high'])} |"
                 for c in cols],
-              "", f"B − A per pair: mean {d['mean']:+.1f}, 95% CI [{d['ci_low']:+.1f}, "
-                  f"{d['ci_high']:+.1f}]; B higher in {d['b_higher']}, lower in {d['b_lower']} "
-                  f"of {r['pairs']}."]
+              "", f"B − A per pair: mean {d['mean']:+.1f}, 95% CI "
+                  f"{stats.ci_text(d['ci_low'], d['ci_high'], signed=True)}; B higher in "
+                  f"{d['b_higher']}, lower in {d['b_lower']} of {r['pairs']}."]
     single = [row["dataset"] for row in r["rows"] if len(row["seeds"]) == 1]
     if single:  # a stratum of one run is drawn the same every time
         lines.append(f"{len(single)} of {len(r['rows'])} datasets have one pair: they add no spread "

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
             per_agent[a] = summarize(mine) if mine else None
             cells.append(f" {per_agent[a]['L']:.1f} | {per_agent[a]['G']:.1f} |" if mine else " – | – |")
         print(f"| {cond[0]} lr, {cond[1]} weights | {s['n']} | {s['C']} | {s['L']:.1f} | "
-              f"[{s['L_ci'][0]:.1f}, {s['L_ci'][1]:.1f}] | {s['B']:.1f} | {s['G']:.1f} |" + "".join(cells))
+              f"{stats.ci_text(*s['L_ci'])} | {s['B']:.1f} | {s['G']:.1f} |" + "".join(cells))
         table[f"{cond[0]}/{cond[1]}"] = {**s, "per_agent": per_agent}
     best = rank(conditions)[0]
     print(f"\nthe rule picks: {best[0]} lr with {best[1]} weights")

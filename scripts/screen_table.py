@@ -20,6 +20,8 @@ from pathlib import Path
 
 from protocol_table import TIE, folder_error, results_in, summarize
 
+from rlmin.stats import ci_text
+
 # cheapest first: stacked has a third of the tokens; segments before whole episodes
 RECIPES = ("stacked-segment", "stacked-episode", "interleaved-segment", "interleaved-episode")
 
@@ -82,8 +84,8 @@ def main(argv=None) -> int:
                 for d in datasets)
             seen = " / ".join(f"{sum(v) / len(v) / 1e6:.2f}" if (v := s["timesteps_seen"][d]) else "–"
                               for d in datasets)
-            print(f"| {backbone} | {recipe} | {s['n']} | {s['L']:.1f} | [{s['L_ci'][0]:.1f}, "
-                  f"{s['L_ci'][1]:.1f}] | {s['C']} | {s['B']:.1f} | {s['G']:.1f} |{cells} {seen} |")
+            print(f"| {backbone} | {recipe} | {s['n']} | {s['L']:.1f} | {ci_text(*s['L_ci'])} | "
+                  f"{s['C']} | {s['B']:.1f} | {s['G']:.1f} |{cells} {seen} |")
         chosen[backbone] = choose(recipes)
         table[backbone] = recipes
     print()

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from rlmin import stats
+
 
 def first_target_rows(report: dict) -> dict[tuple[str, str], dict]:
     """{(dataset, label): row} for each dataset's first target (the report's row order)."""
@@ -65,7 +67,7 @@ def table(report: dict) -> str:
         paired = "" if not d else \
             f"{d['mean']:+.1f} (higher in {d['own_higher']}, lower in {d['own_lower']} of {d['n']})"
         lines.append(f"| {a['label']} | {a['n']} | {len(a['datasets'])} | {a['iqm']:.1f} | "
-                     f"[{a['ci_low']:.1f}, {a['ci_high']:.1f}] | {paired} |")
+                     f"{stats.ci_text(a['ci_low'], a['ci_high'])} | {paired} |")
     return "\n".join(lines)
 
 

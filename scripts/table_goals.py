@@ -4,7 +4,9 @@
     python scripts/table_goals.py docs/results/table [--out FILE.json]
 
 Everything is at each run's first target (110% of the dataset's expert), last iterate, EMA
-weights. The words, fixed on 2026-12-07 with 15 of the 108 runs finished (docs/RESULTS.md):
+weights. The words, fixed on 2026-12-07 with 15 of the 108 runs finished (docs/RESULTS.md).
+A CI needs two runs or more in every dataset (rlmin.stats.seed_spread_ci); without one,
+nothing is "met":
 
 * **stability**, per agent: G = IQM of the best evaluation - IQM of the last <= 5 points, and
   C = runs whose last evaluation is below half of their best = 0. Met or not met.
@@ -18,7 +20,8 @@ weights. The words, fixed on 2026-12-07 with 15 of the 108 runs finished (docs/R
   (the report's bootstrap over seeds) lies wholly at or above the behaviour policy's score; not
   shown when the mean is >= it but the CI holds it; not met when the mean is below it.
 
-While the folder lacks runs, every verdict is labelled provisional with what it covers.
+While the folder lacks runs (fewer than nine datasets or three seeds a cell), every verdict is
+labelled provisional with what it covers.
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ from pathlib import Path
 
 from protocol_table import folder_error, runs_of, summarize
 
+from rlmin.stats import ci_text
+
 MAX_GAP = 5.0  # points, best-during-training IQM - last-iterate IQM
-DATASETS = 9
+DATASETS, SEEDS = 9, 3
 
 
 def stability(runs: list[dict], agents: list[str]) -> list[dict]:
@@ -50,20 +55,23 @@ def against_dt(agent: dict, dt: dict, paired: dict | None) -> dict:
             "value": f"IQM {agent['iqm']:.1f} vs DT {dt['iqm']:.1f}"}
     if paired is None:
         return {**goal, "verdict": "no paired runs (run the report with --against transformer)"}
-    goal["value"] += (f"; paired {paired['mean']:+.1f} [{paired['ci_low']:+.1f}, "
-                      f"{paired['ci_high']:+.1f}] over {paired['n']} pairs ({paired['word']})")
+    goal["value"] += (f"; paired {paired['mean']:+.1f} "
+                      f"{ci_text(paired['ci_low'], paired['ci_high'], signed=True)} over "
+                      f"{paired['n']} pairs ({paired['word']})")
     if agent["iqm"] < dt["iqm"]:
         return {**goal, "verdict": "not met"}
-    return {**goal, "verdict": "met" if paired["ci_low"] > 0 else "not shown"}
+    shown = paired["ci_low"] is not None and paired["ci_low"] > 0
+    return {**goal, "verdict": "met" if shown else "not shown"}
 
 
 def against_bc(agent: dict, bc: dict) -> dict:
     goal = {"goal": f"{agent['label']} IQM >= BC's, CIs apart", "agent": agent["label"],
-            "value": f"{agent['iqm']:.1f} [{agent['ci_low']:.1f}, {agent['ci_high']:.1f}] vs BC "
-                     f"{bc['iqm']:.1f} [{bc['ci_low']:.1f}, {bc['ci_high']:.1f}]"}
+            "value": f"{agent['iqm']:.1f} {ci_text(agent['ci_low'], agent['ci_high'])} vs BC "
+                     f"{bc['iqm']:.1f} {ci_text(bc['ci_low'], bc['ci_high'])}"}
     if agent["iqm"] < bc["iqm"]:
         return {**goal, "verdict": "not met"}
-    return {**goal, "verdict": "met" if agent["ci_low"] > bc["ci_high"] else "not shown"}
+    apart = None not in (agent["ci_low"], bc["ci_high"]) and agent["ci_low"] > bc["ci_high"]
+    return {**goal, "verdict": "met" if apart else "not shown"}
 
 
 def medium_rows(report: dict, labels: list[str]) -> list[dict]:
@@ -76,10 +84,10 @@ def medium_rows(report: dict, labels: list[str]) -> list[dict]:
             continue
         s = row["normalized"]
         verdict = ("not met" if s["mean"] < behaviour else
-                   "met" if s["ci_low"] >= behaviour else "not shown")
+                   "met" if s["ci_low"] is not None and s["ci_low"] >= behaviour else "not shown")
         out.append({"goal": f"{row['label']} on {row['dataset']}: seed mean >= behaviour",
                     "agent": row["label"], "verdict": verdict,
-                    "value": f"{s['mean']:.1f} [{s['ci_low']:.1f}, {s['ci_high']:.1f}] over "
+                    "value": f"{s['mean']:.1f} {ci_text(s['ci_low'], s['ci_high'])} over "
                              f"{s['n']} seeds vs behaviour {behaviour:.1f}"})
     return out
 
@@ -97,9 +105,13 @@ def goals(folder: Path, report: dict, dt: str, bc: str) -> tuple[list[dict], str
     out += [against_bc(agents[m], agents[bc]) for m in minrnns]
     out += medium_rows(report, minrnns)
     n_datasets = min(len(a["datasets"]) for a in agents.values())
+    seeds = min((row["normalized"]["n"] for row in report["rows"] if row.get("normalized")),
+                default=0)
     cover = (f"{len({r['path'] for r in runs})} runs; each agent on {n_datasets}"
-             + (f" of {DATASETS} datasets" if n_datasets < DATASETS else " datasets"))
-    if n_datasets < DATASETS or len({len(a["datasets"]) for a in agents.values()}) > 1:
+             + (f" of {DATASETS} datasets" if n_datasets < DATASETS else " datasets")
+             + f", at least {seeds} of {SEEDS} seeds a dataset")
+    if (n_datasets < DATASETS or seeds < SEEDS
+            or len({len(a["datasets"]) for a in agents.values()}) > 1):
         cover = "PROVISIONAL (the table is not complete): " + cover
     return out, cover
 

@@ -782,6 +782,10 @@ def test_agents_are_paired_with_a_reference_run_by_run(tmp_path):
     assert "## Paired, run by run" in md and "| mingru | transformer | 5 (2) | +10.8 |" in md
     with pytest.raises(grid.ReproError, match="no such agent label"):
         report.paired_rows(records, "dt")
+    # one seed per dataset: no CI and no word, not a zero-width "above"
+    single = [r for r in records if r["seed"] == 0]
+    one = {r["label"]: r for r in report.paired_rows(single, "transformer")}["mingru"]
+    assert one["ci_low"] is None and one["word"] == "no CI" and one["mean"] == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("name", ["suite", "protocol", "screen"])

@@ -96,7 +96,23 @@ def test_summarize():
     assert s["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
     assert s["ci_low"] < 2.5 < s["ci_high"]
     one = stats.summarize([5.0])
-    assert one["std"] is None and one["ci_low"] == one["ci_high"] == 5.0
+    assert one["std"] is None and one["ci_low"] is None and one["ci_high"] is None
+
+
+def test_no_ci_where_a_dataset_has_one_run():
+    """One seed per dataset: the stratified bootstrap has nothing to resample and would give a
+    zero-width interval that reads as certainty ("above" DT by 0.1). Reported CIs are None
+    there, and where any dataset has one run (it would be too narrow)."""
+    one_seed = [[40.0], [60.0], [80.0]]
+    assert stats.stratified_bootstrap_ci(one_seed) == (60.0, 60.0)  # rliable's own answer
+    assert stats.seed_spread_ci(one_seed) == (None, None)
+    assert stats.seed_spread_ci([[40.0, 45.0], [60.0]]) == (None, None)
+    both = [[40.0, 45.0, 50.0], [60.0, 70.0]]
+    assert stats.seed_spread_ci(both, seed=3) == stats.stratified_bootstrap_ci(both, seed=3)
+    no_ci = stats.iqm_over_tasks({"a": [40.0], "b": [60.0]})
+    assert no_ci["iqm"] == 50.0 and no_ci["ci_low"] is None
+    assert stats.ci_text(None, None) == "no CI (1 run)"
+    assert stats.ci_text(-1.25, 2.0, signed=True) == "[-1.2, +2.0]"
 
 
 def test_stratified_ci_resamples_within_each_group():

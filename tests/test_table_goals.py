@@ -22,7 +22,7 @@ def _agent(label, iqm, low, high, n_datasets=9):
 
 
 def _paired(label, mean, low, high):
-    word = "above" if low > 0 else "below" if high < 0 else "level"
+    word = "no CI" if low is None else "above" if low > 0 else "below" if high < 0 else "level"
     return {"label": label, "reference": "transformer", "n": 27, "mean": mean, "ci_low": low,
             "ci_high": high, "word": word}
 
@@ -31,6 +31,7 @@ def _paired(label, mean, low, high):
     (60.0, (3.0, 1.0, 5.0), "met"),
     (60.0, (3.0, -2.0, 8.0), "not shown"),  # ahead on the point estimate, level by the CI
     (50.0, (-3.0, -8.0, 2.0), "not met"),
+    (60.0, (3.0, None, None), "not shown"),  # one seed a dataset: no CI, nothing is met
 ])
 def test_a_minrnn_against_dt_is_met_only_when_the_paired_ci_is_above_zero(goals, iqm, paired, verdict):
     got = goals.against_dt(_agent("mingru", iqm, iqm - 5, iqm + 5), _agent("transformer", 55.0, 50, 60),
@@ -42,6 +43,7 @@ def test_a_minrnn_against_dt_is_met_only_when_the_paired_ci_is_above_zero(goals,
     ((60.0, 56.0, 64.0), "met"),
     ((60.0, 54.0, 64.0), "not shown"),  # the CIs overlap (BC's high is 55)
     ((48.0, 40.0, 56.0), "not met"),
+    ((60.0, None, None), "not shown"),
 ])
 def test_a_minrnn_beats_bc_only_with_cis_apart(goals, agent, verdict):
     assert goals.against_bc(_agent("mingru", *agent), _agent("bc", 50.0, 45.0, 55.0))["verdict"] == verdict
