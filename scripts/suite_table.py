@@ -6,7 +6,8 @@
 Each cell: the last-iterate normalised score at the dataset's first target, mean ± std over the
 seeds (``n`` seeds, said in the header when every cell has the same), and for agents also
 evaluated in another acting mode on the same checkpoints, that mode's mean after a slash
-(carry / window). Then the behaviour policy's score, and which agents beat it. Nothing is
+(carry / window). Then the behaviour policy's score, and which agents' means are above it (point
+estimates, not a shown lead). Nothing is
 computed here that the report did not compute: this only lays its rows out side by side.
 """
 from __future__ import annotations
@@ -49,7 +50,8 @@ def table(report: dict) -> str:
     lines = [f"Normalised, last iterate, first target; mean ± std over "
              f"{seeds.pop() if len(seeds) == 1 else 'the'} seeds"
              + (f"; after a slash: {', '.join(modes)} acting on the same checkpoints" if modes else ""),
-             "", "| dataset | target | behaviour | " + " | ".join(labels) + " | above behaviour |",
+             "", "| dataset | target | behaviour | " + " | ".join(labels)
+             + " | mean above behaviour (point estimates) |",
              "|---|---:|---:|" + "---:|" * len(labels) + "---|"]
     for d in datasets:
         some = next(r for (dd, _), r in rows.items() if dd == d)
