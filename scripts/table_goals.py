@@ -92,8 +92,8 @@ def medium_rows(report: dict, labels: list[str]) -> list[dict]:
     return out
 
 
-def goals(folder: Path, report: dict, dt: str, bc: str) -> tuple[list[dict], str]:
-    runs = runs_of(folder)
+def goals(runs: list[dict], report: dict, dt: str, bc: str) -> tuple[list[dict], str]:
+    """The verdicts and what they cover, from the folder's runs (``runs_of``) and its report."""
     agents = {a["label"]: a for a in report["agents"] if not a.get("mode")}
     for need in (dt, bc):
         if need not in agents:
@@ -131,11 +131,12 @@ def main(argv=None) -> int:
         print(f"table_goals: no readable {folder / 'report.json'} ({e}): run "
               f"`rlmin repro report {folder} --against {args.dt}` first", file=sys.stderr)
         return 2
-    if error := folder_error(runs_of(folder), args.out):
+    runs = runs_of(folder)  # read once: the fingerprint check and the stability goal
+    if error := folder_error(runs, args.out):
         print(f"table_goals: {error}", file=sys.stderr)
         return 2
     try:
-        verdicts, cover = goals(folder, report, args.dt, args.bc)
+        verdicts, cover = goals(runs, report, args.dt, args.bc)
     except KeyError as e:
         print(f"table_goals: {e.args[0]}", file=sys.stderr)
         return 2
