@@ -82,6 +82,7 @@ from rlmin.gridrun import (
     available_cores,
     begin_attempt,
     claim_attempt,
+    claimed,
     finish_attempt,
     lock_holder,
     prepare_datasets,
@@ -257,6 +258,8 @@ def run_state(run_dir: Path) -> tuple[str, str]:
     at = f"last checkpoint at step {step}" if step is not None else "no checkpoint yet"
     if holder:
         return "running", f"{holder}; {at}"
+    if claimed(run_dir):  # the seconds between a driver's claim and its trainer's own lock
+        return "running", f"a grid driver is starting it; {at}"
     if problem:
         return "broken", f"{RESULTS} {problem}: the next `repro run` moves it aside and runs it again"
     failure = read_failure(run_dir)

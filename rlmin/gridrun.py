@@ -143,26 +143,39 @@ def set_aside(path: Path, tag: str) -> Path:
     return target
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """Who holds the run's lock (``lock.owner``: "pid N on HOST") while a trainer runs in it, else
-    None. Probes the OS lock without waiting and releases it at once (as rlmin.rundir does)."""
+def _held(lock: Path) -> bool:
+    """Whether a process holds the OS lock on ``lock``: probed without waiting and released at once
+    (as rlmin.rundir does)."""
     from filelock import FileLock, Timeout
 
-    lock = Path(run_dir) / "lock"
     if not lock.exists():
-        return None
+        return False
     probe = FileLock(str(lock))
     try:
         probe.acquire(timeout=0)
     except Timeout:
-        try:
-            return (Path(run_dir) / "lock.owner").read_text().strip() or "another process"
-        except OSError:
-            return "another process"
+        return True
     except OSError:  # a read-only copy of a grid: nobody trains in it
-        return None
+        return False
     probe.release()
-    return None
+    return False
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds the run's lock (``lock.owner``: "pid N on HOST") while a trainer runs in it, else
+    None."""
+    if not _held(Path(run_dir) / "lock"):
+        return None
+    try:
+        return (Path(run_dir) / "lock.owner").read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def claimed(run_dir: Path) -> bool:
+    """Whether a grid driver holds the run's attempt lock: true from before its trainer starts (and
+    takes ``lock``) until the trainer exits."""
+    return _held(Path(run_dir) / CLAIM_FILE)
 
 
 @contextlib.contextmanager

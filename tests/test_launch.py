@@ -354,3 +354,24 @@ def test_status_reads_each_runs_state_from_its_folder(tmp_path, capsys):
     # no grid.json: the folders alone (the pending run has none)
     (out / "grid.json").unlink()
     assert [name for name, _ in grid.grid_run_dirs(out)] == names[:5]
+
+
+def test_status_calls_a_run_its_driver_is_starting_running(tmp_path):
+    """Between a driver's claim (attempt.lock) and its trainer's own lock a run has a config.yaml
+    and no checkpoint: status must not call it interrupted, nor a second driver restart it."""
+    run = tmp_path / "t" / "b" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    assert grid.run_state(run)[0] == "interrupted"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from filelock import FileLock; "
+         f"l = FileLock({str(run / 'attempt.lock')!r}); l.acquire(); print('held', flush=True); "
+         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state, detail = grid.run_state(run)
+        assert (state, "grid driver" in detail) == ("running", True), detail
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert grid.run_state(run)[0] == "interrupted", "the released claim still read as running"
