@@ -6,6 +6,7 @@ Slurm through stand-in sbatch/srun/sacct scripts, and `rlmin repro status`.
 Real runs are tiny (``tiny_config``: a dozen steps on the session's tiny hopper set)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -306,6 +307,22 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, tiny_config, monkeypatc
 
 
 # ----------------------------------------------------------------------------- status
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path):
+    """Another process holds the OS lock on ``path`` (as a live trainer or driver would) while the
+    block runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from filelock import FileLock; "
+         f"l = FileLock({str(path)!r}); l.acquire(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 def test_status_reads_each_runs_state_from_its_folder(tmp_path, capsys):
     out = tmp_path / "grid"
     names = [f"t/b/seed{k}" for k in range(6)]
@@ -321,12 +338,7 @@ def test_status_reads_each_runs_state_from_its_folder(tmp_path, capsys):
         (d / "config.yaml").write_text("{}\n")
     (interrupted / "lock").write_text("")  # left behind by a killed run: nobody holds it
     (running / "lock.owner").write_text("pid 4242 on node7\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from filelock import FileLock; "
-         f"l = FileLock({str(running / 'lock')!r}); l.acquire(); print('held', flush=True); "
-         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(running / "lock"):
         failed.mkdir(parents=True)
         (failed / "failed.json").write_text(json.dumps(
             {"exit_code": 1, "time": "2026-01-02T03:04:05", "error": "error: dataset gone"}))
@@ -337,9 +349,6 @@ def test_status_reads_each_runs_state_from_its_folder(tmp_path, capsys):
         assert main(["repro", "status", str(out)]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert grid.lock_holder(running) == "pid 4242 on node7", "status took the live lock"
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
     rows = {ln.split()[1]: ln for ln in lines[1:-2]}
     expected = ["finished", "running", "interrupted", "failed", "broken", "pending"]
     assert [rows[n].split()[0] for n in names] == expected, lines
@@ -363,15 +372,7 @@ def test_status_calls_a_run_its_driver_is_starting_running(tmp_path):
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("{}\n")
     assert grid.run_state(run)[0] == "interrupted"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from filelock import FileLock; "
-         f"l = FileLock({str(run / 'attempt.lock')!r}); l.acquire(); print('held', flush=True); "
-         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run / "attempt.lock"):
         state, detail = grid.run_state(run)
         assert (state, "grid driver" in detail) == ("running", True), detail
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
     assert grid.run_state(run)[0] == "interrupted", "the released claim still read as running"
