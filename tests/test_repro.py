@@ -788,7 +788,7 @@ def test_agents_are_paired_with_a_reference_run_by_run(tmp_path):
     assert one["ci_low"] is None and one["word"] == "no CI" and one["mean"] == pytest.approx(10.0)
 
 
-@pytest.mark.parametrize("name", ["suite", "protocol", "screen"])
+@pytest.mark.parametrize("name", ["suite", "protocol", "screen", "table"])
 def test_a_grid_with_committed_results_still_makes_their_configs(name, tmp_path):
     """The committed runs' configs come back from their grid file: a shipped config that changes
     later (step 2 gave the backbone files their recipes) must not change a finished grid's runs."""

@@ -108,3 +108,25 @@ def test_a_collapse_or_a_gap_over_five_fails_stability_and_a_short_table_is_prov
 def test_a_folder_without_a_report_gets_one_line(goals, tmp_path, capsys):
     assert goals.main([str(tmp_path)]) == 2
     assert "rlmin repro report" in capsys.readouterr().err
+
+
+def test_the_committed_verdicts_come_back_from_the_committed_runs(goals, tmp_path):
+    """docs/results/table/goals.json (quoted in README and RESULTS) is what the report and this script
+    make of the committed results.json files today: a change to the statistics or to a verdict's
+    words that would move a quoted verdict fails here until the documents are made again."""
+    import shutil
+
+    from rlmin import report
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "table"
+    committed = json.loads((folder / "goals.json").read_text())
+    copy = tmp_path / "table"
+    for f in [*folder.rglob("results.json"), *folder.rglob("*.eval.json"), folder / "grid.json"]:
+        (copy / f.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, copy / f.relative_to(folder))
+    report.report(copy, against=["transformer"], echo=lambda _: None)
+    verdicts, cover = goals.goals(goals.runs_of(copy), json.loads((copy / "report.json").read_text()),
+                                  "transformer", "bc")
+    assert not cover.startswith("PROVISIONAL"), cover
+    assert [(v["goal"], v["value"], v["verdict"]) for v in verdicts] == [
+        (v["goal"], v["value"], v["verdict"]) for v in committed["goals"]]
