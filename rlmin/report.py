@@ -312,7 +312,7 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
 
     groups: dict[tuple, dict[str, list[float]]] = {}
     members: dict[tuple, list[dict]] = {}  # the runs of each group
-    paired: dict[tuple, list[float]] = {}  # own mode minus the other, per run with both
+    paired: dict[tuple, dict[str, list[float]]] = {}  # own mode minus the other, per dataset
     for rec in sorted(records, key=_dataset_order):
         key, first = next(iter(rec["targets"].items()), (None, {}))
         first = first.get("normalized")
@@ -325,7 +325,8 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
             if scores.get(key) is not None:
                 group = (rec["label"], rec["steps"], mode)
                 groups.setdefault(group, {}).setdefault(rec["dataset_id"], []).append(scores[key])
-                paired.setdefault(group, []).append(first - scores[key])
+                paired.setdefault(group, {}).setdefault(rec["dataset_id"], []).append(
+                    first - scores[key])
                 members.setdefault(group, []).append(rec)
     rows = []
     order = lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")  # noqa: E731 (label, steps, own mode first)
@@ -334,9 +335,12 @@ def agent_rows(records: Sequence[dict], n_resamples: int | None = None,
                "steps": steps, "datasets": list(per), "mode": mode,
                **stats.iqm_over_tasks(per, **_stats_kw(n_resamples, seed)),
                **_run_facts(members[(label, steps, mode)])}
-        if mode is not None:
-            diffs = paired[(label, steps, mode)]
+        if mode is not None:  # the same checkpoints, so paired run by run as paired_rows does
+            per_dataset = list(paired[(label, steps, mode)].values())
+            diffs = [d for ds in per_dataset for d in ds]
+            low, high = stats.seed_spread_ci(per_dataset, "mean", **_stats_kw(n_resamples, seed))
             row["own_minus_this"] = {"n": len(diffs), "mean": sum(diffs) / len(diffs),
+                                     "ci_low": low, "ci_high": high, "word": _ci_word(low, high),
                                      "own_higher": sum(d > 0 for d in diffs),
                                      "own_lower": sum(d < 0 for d in diffs)}
         rows.append(row)
@@ -396,9 +400,13 @@ def paired_rows(records: Sequence[dict], reference: str, n_resamples: int | None
                      "datasets": len(per), "mean": sum(diffs) / len(diffs), "ci_low": low,
                      "ci_high": high, "higher": sum(d > 0 for d in diffs),
                      "lower": sum(d < 0 for d in diffs), "unpaired": unpaired,
-                     "word": "no CI" if low is None else "level" if low <= 0 <= high
-                     else "above" if low > 0 else "below"})
+                     "word": _ci_word(low, high)})
     return rows
+
+
+def _ci_word(low: float | None, high: float | None) -> str:
+    """How a paired difference's CI reads: "level" where it holds zero."""
+    return "no CI" if low is None else "level" if low <= 0 <= high else "above" if low > 0 else "below"
 
 
 def format_paired(rows: Sequence[dict]) -> str:
@@ -634,12 +642,13 @@ def format_agent_table(agents: Sequence[dict], kinds: bool | None = None) -> str
     kinds = mixed_target_kinds(agents) if kinds is None else kinds
     lines = ["| agent | steps | runs | datasets | **IQM, normalised, last iterate** (first target) "
              "| 95% CI (stratified bootstrap) | mean | the run's own mode minus this one, per run "
-             "(mean; own higher / lower) | parameters | timesteps seen (M, real, mean) |"
+             "(mean, 95% CI; own higher / lower) | parameters | timesteps seen (M, real, mean) |"
              + (" targets given as |" if kinds else ""),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if kinds else "")]
     for a in agents:
         d = a.get("own_minus_this")
-        paired = f"{d['mean']:+.1f} ({d['own_higher']} / {d['own_lower']} of {d['n']})" if d else "—"
+        paired = (f"{d['mean']:+.1f} {_ci(d['ci_low'], d['ci_high'])} {d['word']} "
+                  f"({d['own_higher']} / {d['own_lower']} of {d['n']})") if d else "—"
         lines.append(f"| {a['label']} | {a['steps']} | {a['n']} | {len(a['datasets'])} | "
                      f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} | {paired} | "
                      f"{_params(a.get('n_params', []))} | {_timesteps(a)} |"

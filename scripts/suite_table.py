@@ -66,8 +66,9 @@ def table(report: dict) -> str:
               "|---|---:|---:|---:|---:|---|"]
     for a in report["agents"]:
         d = a.get("own_minus_this")
-        paired = "" if not d else \
-            f"{d['mean']:+.1f} (higher in {d['own_higher']}, lower in {d['own_lower']} of {d['n']})"
+        paired = "" if not d else (
+            f"{d['mean']:+.1f} {stats.ci_text(d.get('ci_low'), d.get('ci_high'), signed=True)} "
+            f"(higher in {d['own_higher']}, lower in {d['own_lower']} of {d['n']})")
         lines.append(f"| {a['label']} | {a['n']} | {len(a['datasets'])} | {a['iqm']:.1f} | "
                      f"{stats.ci_text(a['ci_low'], a['ci_high'])} | {paired} |")
     return "\n".join(lines)
