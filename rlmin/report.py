@@ -647,7 +647,8 @@ def format_agent_table(agents: Sequence[dict], kinds: bool | None = None) -> str
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if kinds else "")]
     for a in agents:
         d = a.get("own_minus_this")
-        paired = (f"{d['mean']:+.1f} {_ci(d['ci_low'], d['ci_high'])} {d['word']} "
+        word = "" if d is None or d["ci_low"] is None else f" {d['word']}"  # _ci says why none
+        paired = (f"{d['mean']:+.1f} {_ci(d['ci_low'], d['ci_high'])}{word} "
                   f"({d['own_higher']} / {d['own_lower']} of {d['n']})") if d else "—"
         lines.append(f"| {a['label']} | {a['steps']} | {a['n']} | {len(a['datasets'])} | "
                      f"{a['iqm']:.1f} | {_ci(a['ci_low'], a['ci_high'])} | {a['mean']:.1f} | {paired} | "

@@ -66,9 +66,10 @@ def table(report: dict) -> str:
               "|---|---:|---:|---:|---:|---|"]
     for a in report["agents"]:
         d = a.get("own_minus_this")
+        ci = "" if not d or "ci_low" not in d else (  # report.json files before 2026-12-08 have none
+            stats.ci_text(d["ci_low"], d["ci_high"], signed=True) + " ")
         paired = "" if not d else (
-            f"{d['mean']:+.1f} {stats.ci_text(d.get('ci_low'), d.get('ci_high'), signed=True)} "
-            f"(higher in {d['own_higher']}, lower in {d['own_lower']} of {d['n']})")
+            f"{d['mean']:+.1f} {ci}(higher in {d['own_higher']}, lower in {d['own_lower']} of {d['n']})")
         lines.append(f"| {a['label']} | {a['n']} | {len(a['datasets'])} | {a['iqm']:.1f} | "
                      f"{stats.ci_text(a['ci_low'], a['ci_high'])} | {paired} |")
     return "\n".join(lines)
